@@ -1,0 +1,273 @@
+"""Typed, validated view of ``params.yaml``.
+
+Every stage calls :func:`load_params` first: unknown keys, wrong types and out-of-range values
+are rejected with a message that names the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PARAMS_FILE = Path("params.yaml")
+
+SOURCE_FORMATS = ("gta5",)
+TARGET_FORMATS = ("cityscapes",)
+DATA_PAIRS = ("embedded",)
+METHODS = ("dacs", "source_only")
+ARCHS = ("deeplabv2",)
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` does not describe a valid run."""
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"params.yaml: `{key}` {message}")
+
+
+def _check_size(value: list[int], key: str) -> None:
+    _check(len(value) == 2 and all(v > 0 for v in value), key, f"must be two positive integers, got {value}")
+
+
+@dataclass
+class EmbeddedConfig:
+    """The generated street-scene benchmark (see ``dacs_uda.data.synth``)."""
+
+    seed: int = 0
+    n_source: int = 600
+    n_target_train: int = 300
+    n_target_val: int = 100
+    source_size: list[int] = field(default_factory=lambda: [256, 144])  # W, H as written to disk
+    target_size: list[int] = field(default_factory=lambda: [256, 128])  # W, H as written to disk
+
+    def __post_init__(self) -> None:
+        for key in ("n_source", "n_target_train", "n_target_val"):
+            _check(getattr(self, key) >= 1, f"data.embedded.{key}", "must be >= 1")
+        _check_size(self.source_size, "data.embedded.source_size")
+        _check_size(self.target_size, "data.embedded.target_size")
+
+
+@dataclass
+class DomainConfig:
+    """Where one domain lives on disk, in which official layout, and how it is resized on load."""
+
+    format: str = "gta5"
+    root: str = "data/raw/source"
+    resize: list[int] = field(default_factory=lambda: [256, 144])  # W, H (official: 1280x720 / 1024x512)
+
+
+@dataclass
+class DataConfig:
+    pair: str = "embedded"
+    source: DomainConfig = field(default_factory=DomainConfig)
+    target: DomainConfig = field(
+        default_factory=lambda: DomainConfig(format="cityscapes", root="data/raw/target", resize=[256, 128])
+    )
+    crop: list[int] = field(default_factory=lambda: [128, 128])  # H, W (official: 512x512)
+    manifests: str = "data/manifests"
+    num_workers: int = 0  # loader processes; crops come from a seeded sampler, so results do not change
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.pair in DATA_PAIRS, "data.pair", f"must be one of {DATA_PAIRS}, got {self.pair!r}")
+        _check(self.source.format in SOURCE_FORMATS, "data.source.format", f"must be one of {SOURCE_FORMATS}")
+        _check(self.target.format in TARGET_FORMATS, "data.target.format", f"must be one of {TARGET_FORMATS}")
+        _check_size(self.source.resize, "data.source.resize")
+        _check_size(self.target.resize, "data.target.resize")
+        _check_size(self.crop, "data.crop")
+        for domain in ("source", "target"):
+            w, h = getattr(self, domain).resize
+            _check(
+                self.crop[0] <= h and self.crop[1] <= w,
+                "data.crop",
+                f"{self.crop} (H, W) does not fit inside data.{domain}.resize {[w, h]} (W, H)",
+            )
+
+
+@dataclass
+class ModelConfig:
+    """DeepLab-v2 family: ResNet backbone (output stride 8) + ASPP classifier."""
+
+    arch: str = "deeplabv2"
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])  # ResNet-101: [3, 4, 23, 3]
+    width: int = 16  # stem channels; ResNet-101: 64
+    aspp_dilations: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    num_classes: int = 19
+    freeze_bn_affine: bool = True  # DeepLab-v2 keeps BN scale/shift fixed
+
+    def __post_init__(self) -> None:
+        _check(self.arch in ARCHS, "model.arch", f"must be one of {ARCHS}, got {self.arch!r}")
+        _check(len(self.depths) == 4 and min(self.depths) >= 1, "model.depths", "must be four integers >= 1")
+        _check(self.width >= 4, "model.width", "must be >= 4")
+        _check(len(self.aspp_dilations) >= 1, "model.aspp_dilations", "must not be empty")
+        _check(self.num_classes >= 2, "model.num_classes", "must be >= 2")
+
+
+@dataclass
+class OptimConfig:
+    """SGD with poly decay, classifier at ``head_lr_mult`` times the backbone rate (as in DACS)."""
+
+    iterations: int = 1000
+    batch_size: int = 4
+    lr: float = 0.01
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+
+    def _validate(self, section: str) -> None:
+        _check(self.iterations >= 1, f"{section}.optim.iterations", "must be >= 1")
+        _check(self.batch_size >= 1, f"{section}.optim.batch_size", "must be >= 1")
+        _check(self.lr > 0, f"{section}.optim.lr", "must be > 0")
+        _check(self.head_lr_mult > 0, f"{section}.optim.head_lr_mult", "must be > 0")
+        _check(0 <= self.momentum < 1, f"{section}.optim.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"{section}.optim.weight_decay", "must be >= 0")
+        _check(self.poly_power >= 0, f"{section}.optim.poly_power", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Supervised training on one domain: source pre-training, or the target oracle."""
+
+    domain: str = "source"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log_every: int = 50
+    checkpoint: str = "models/source.pt"
+    curve: str = "metrics/pretrain_curve.csv"
+    metrics: str = "metrics/pretrain.json"
+
+    def validate(self, section: str) -> None:
+        _check(self.domain in ("source", "target"), f"{section}.domain", "must be 'source' or 'target'")
+        _check(self.log_every >= 1, f"{section}.log_every", "must be >= 1")
+        self.optim._validate(section)
+
+
+@dataclass
+class AdaptConfig:
+    """DACS adaptation (paper constants as defaults)."""
+
+    method: str = "dacs"
+    init: str = "pretrained"  # start from the pretrain checkpoint, or from scratch
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema_alpha: float = 0.99
+    pseudo_threshold: float = 0.968
+    mix_weight: float = 1.0
+    jitter_p: float = 0.8
+    jitter_strength: float = 0.25
+    blur_p: float = 0.5
+    blur_sigma: list[float] = field(default_factory=lambda: [0.15, 1.15])
+    log_every: int = 50
+    checkpoint: str = "models/dacs.pt"
+    curve: str = "metrics/adapt_curve.csv"
+    metrics: str = "metrics/adapt.json"
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, "adapt.method", f"must be one of {METHODS}, got {self.method!r}")
+        _check(self.init in ("pretrained", "scratch"), "adapt.init", "must be 'pretrained' or 'scratch'")
+        _check(0 <= self.ema_alpha < 1, "adapt.ema_alpha", "must be in [0, 1)")
+        _check(0 <= self.pseudo_threshold <= 1, "adapt.pseudo_threshold", "must be in [0, 1]")
+        _check(self.mix_weight >= 0, "adapt.mix_weight", "must be >= 0")
+        for key in ("jitter_p", "blur_p"):
+            _check(0 <= getattr(self, key) <= 1, f"adapt.{key}", "must be a probability in [0, 1]")
+        _check(0 <= self.jitter_strength <= 1, "adapt.jitter_strength", "must be in [0, 1]")
+        lo, hi = (self.blur_sigma + [0, 0])[:2]
+        _check(len(self.blur_sigma) == 2 and 0 < lo <= hi, "adapt.blur_sigma", "must be [low, high], 0 < low <= high")
+        _check(self.log_every >= 1, "adapt.log_every", "must be >= 1")
+        self.optim._validate("adapt")
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = 8
+    models: dict[str, str] = field(
+        default_factory=lambda: {"source_only": "models/source.pt", "dacs": "models/dacs.pt"}
+    )
+    metrics: str = "metrics/eval.json"
+    per_class: str = "metrics/per_class_iou.csv"
+    samples_dir: str = "reports/samples"
+    num_samples: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        _check(len(self.models) >= 1, "evaluate.models", "must name at least one checkpoint")
+        _check(self.num_samples >= 0, "evaluate.num_samples", "must be >= 0")
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = "models/dacs.pt"
+    onnx: str = "models/dacs.onnx"
+    opset: int = 18
+    dynamo: bool = False
+    parity_atol: float = 1e-3
+    min_argmax_agreement: float = 0.999
+    metrics: str = "metrics/export.json"
+
+    def __post_init__(self) -> None:
+        _check(7 <= self.opset <= 23, "export.opset", "must be in [7, 23]")
+        _check(self.parity_atol > 0, "export.parity_atol", "must be > 0")
+        _check(0 < self.min_argmax_agreement <= 1, "export.min_argmax_agreement", "must be in (0, 1]")
+
+
+@dataclass
+class Params:
+    """The whole of ``params.yaml``."""
+
+    seed: int = 0
+    deterministic: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    oracle: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            domain="target",
+            checkpoint="models/oracle.pt",
+            curve="metrics/oracle_curve.csv",
+            metrics="metrics/oracle.json",
+        )
+    )
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        self.pretrain.validate("pretrain")
+        self.oracle.validate("oracle")
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    """Validate a params mapping against the schema; raise :class:`ConfigError` naming the bad key."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Params), raw)
+        params = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        # OmegaConf's message already names the full key and the expected type.
+        raise ConfigError(f"params.yaml: {str(err).splitlines()[0]} (key: {err.full_key})") from None
+    assert isinstance(params, Params)
+    return params
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run the stages from the repository root (where dvc.yaml is)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_params(raw)
+
+
+def params_hash(params: Params) -> str:
+    """Short, stable hash of the resolved params, recorded with every model and metric."""
+    blob = json.dumps(asdict(params), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,111 @@
+"""Datasets over validated manifests: the same classes read the embedded and the real data.
+
+A manifest (written by the ``validate`` stage) lists one image/label pair per row. Labels hold
+Cityscapes label ids (GTA5 palette PNGs and Cityscapes ``*_gtFine_labelIds.png`` alike) and are
+mapped to the 19 training ids here, everything else to ``IGNORE_INDEX``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dacs_uda.data.transforms import normalize, random_crop_box, resize_pair
+from dacs_uda.labels import IGNORE_INDEX, label_id_to_train_id_lut
+
+_LUT = label_id_to_train_id_lut()
+
+
+def read_manifest(path: str | Path, split: str | None = None) -> pd.DataFrame:
+    """Rows of a manifest CSV (optionally one split) with a clear error if it is missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `dvc repro validate` to build the manifests")
+    frame = pd.read_csv(path)
+    if split is not None:
+        frame = frame[frame["split"] == split]
+    if frame.empty:
+        raise ValueError(f"{path}: no rows for split {split!r}; check the dataset root in params.yaml")
+    return frame.reset_index(drop=True)
+
+
+def load_pair(image_path: str, label_path: str | None, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode, resize to ``size`` (W, H) and map labels to training ids."""
+    with Image.open(image_path) as img:
+        image = img.convert("RGB")
+    label = None
+    if label_path is not None:
+        with Image.open(label_path) as lab:
+            # GTA5 labels are palette PNGs: the indices (not the colours) are the label ids.
+            label = lab.copy() if lab.mode in ("P", "L") else lab.convert("L")
+    image, label = resize_pair(image, label, size)
+    train_ids = None if label is None else _LUT[np.asarray(label, dtype=np.uint8)]
+    return np.asarray(image), train_ids
+
+
+class SegmentationDataset(Dataset):
+    """Image/label pairs from a manifest, resized to ``size`` (W, H).
+
+    An index may be an ``int`` (whole image) or a ``(index, y, x)`` tuple from
+    :class:`RandomCropSampler`, which then cuts a ``crop`` (H, W) window at (y, x). Keeping the
+    randomness in the sampler makes a run independent of the number of loader workers.
+    """
+
+    def __init__(
+        self, manifest: pd.DataFrame, size: tuple[int, int], crop: tuple[int, int] | None = None, with_labels: bool = True
+    ) -> None:
+        self.images = manifest["image"].tolist()
+        self.labels = manifest["label"].tolist() if with_labels else [None] * len(self.images)
+        self.size, self.crop = tuple(size), None if crop is None else tuple(crop)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, torch.Tensor | str]:
+        index, y, x = (key, 0, 0) if isinstance(key, int) else key
+        image, label = load_pair(self.images[index], self.labels[index], self.size)
+        if label is None:
+            label = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        if self.crop is not None and not isinstance(key, int):
+            image = image[y : y + self.crop[0], x : x + self.crop[1]]
+            label = label[y : y + self.crop[0], x : x + self.crop[1]]
+        return {
+            "image": normalize(image),
+            "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
+            "name": Path(self.images[index]).name,
+        }
+
+
+class RandomCropSampler(Sampler):
+    """Endless (index, y, x) keys: a fresh permutation per epoch and a uniform crop per draw.
+
+    The official loaders crop with inclusive ``randint(0, W - w)`` bounds; so does this sampler.
+    """
+
+    def __init__(self, length: int, size: tuple[int, int], crop: tuple[int, int], generator: torch.Generator) -> None:
+        self.length, self.gen = length, generator
+        self.height, self.width = size[1], size[0]
+        self.crop = tuple(crop)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        while True:
+            for index in torch.randperm(self.length, generator=self.gen).tolist():
+                yield (index, *random_crop_box(self.height, self.width, self.crop, self.gen))
+
+
+def infinite_loader(
+    manifest: pd.DataFrame, size: tuple[int, int], crop: tuple[int, int], batch_size: int,
+    generator: torch.Generator, num_workers: int = 0, with_labels: bool = True,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches of random crops (drop-last semantics: every batch is full)."""
+    dataset = SegmentationDataset(manifest, size, crop, with_labels)
+    sampler = RandomCropSampler(len(dataset), size, crop, generator)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        persistent_workers=num_workers > 0)
+    return iter(loader)
