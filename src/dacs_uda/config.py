@@ -189,7 +189,11 @@ class AdaptConfig:
 class EvaluateConfig:
     batch_size: int = 8
     models: dict[str, str] = field(
-        default_factory=lambda: {"source_only": "models/source.pt", "dacs": "models/dacs.pt"}
+        default_factory=lambda: {
+            "source_only": "models/source.pt",
+            "dacs": "models/dacs.pt",
+            "oracle": "models/oracle.pt",
+        }
     )
     metrics: str = "metrics/eval.json"
     per_class: str = "metrics/per_class_iou.csv"

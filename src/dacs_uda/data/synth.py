@@ -75,7 +75,7 @@ _TARGET_PALETTE = {
 SOURCE_STYLE = Style(
     horizon=(0.40, 0.50),
     object_scale=1.2,
-    counts={CAR: 4.0, TRUCK: 0.8, BUS: 0.35, TRAIN: 0.06, PERSON: 1.5, RIDER: 0.25, MOTORCYCLE: 0.2,
+    counts={CAR: 4.0, TRUCK: 0.5, BUS: 0.15, TRAIN: 0.03, PERSON: 1.5, RIDER: 0.25, MOTORCYCLE: 0.2,
             BICYCLE: 0.1, POLE: 3.0, LIGHT: 0.8, SIGN: 1.2, WALL: 0.8, FENCE: 0.6, VEGETATION: 2.0,
             TERRAIN: 0.6, VOID: 0.6},
     palette=_BASE_PALETTE,
@@ -93,7 +93,7 @@ SOURCE_STYLE = Style(
 TARGET_STYLE = Style(
     horizon=(0.33, 0.43),
     object_scale=0.9,
-    counts={CAR: 3.0, TRUCK: 0.25, BUS: 0.2, TRAIN: 0.05, PERSON: 3.5, RIDER: 0.5, MOTORCYCLE: 0.15,
+    counts={CAR: 3.0, TRUCK: 0.2, BUS: 0.12, TRAIN: 0.03, PERSON: 3.5, RIDER: 0.5, MOTORCYCLE: 0.15,
             BICYCLE: 0.6, POLE: 4.0, LIGHT: 1.2, SIGN: 1.6, WALL: 0.5, FENCE: 0.8, VEGETATION: 3.0,
             TERRAIN: 1.0, VOID: 0.4},
     palette=_TARGET_PALETTE,

@@ -1,0 +1,111 @@
+"""Teacher pseudo-labels, their confidence weight and (optional) distribution alignment.
+
+In DACS (Tranheden et al., WACV 2021) every target pixel gets the teacher's argmax as a hard pseudo-label;
+confidence only enters through one scalar per batch, ``lambda`` = the fraction of pixels whose max softmax
+probability reaches a threshold (0.968 in the official ``configUDA.json``), which weighs the target part
+of the mixed loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@torch.no_grad()
+def pseudo_labels(teacher_logits: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Hard pseudo-labels and their confidence from teacher logits.
+
+    As in the official code: bilinear upsampling of the logits to ``size`` with ``align_corners=True``,
+    softmax over classes, then ``max`` over classes. Runs under ``no_grad`` on detached logits, so no
+    autograd graph is built (the teacher is never trained by back-propagation).
+
+    Args:
+        teacher_logits: ``[B, C, h, w]`` teacher output.
+        size: Output ``(H, W)``, the size of the training crops.
+
+    Returns:
+        ``(labels, confidence)``: ``[B, H, W]`` int64 argmax classes and ``[B, H, W]`` float32 max
+        probabilities.
+    """
+    logits = F.interpolate(teacher_logits.detach().float(), size=size, mode="bilinear", align_corners=True)
+    confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
+    return labels, confidence
+
+
+def confident_fraction(confidence: Tensor, threshold: float) -> Tensor:
+    """DACS ``lambda``: fraction of all pixels of the batch whose confidence is ``>= threshold``.
+
+    One scalar for the whole batch, computed on the unmixed teacher output (it also counts target pixels
+    that mixing later covers with source pixels), exactly as the official ``pixel_weight ==
+    "threshold_uniform"`` branch.
+
+    Args:
+        confidence: Max softmax probabilities, any shape (``[B, H, W]`` in practice).
+        threshold: Inclusive confidence threshold.
+
+    Returns:
+        0-dim float32 tensor on ``confidence.device`` (no host sync).
+    """
+    return (confidence >= threshold).float().mean()
+
+
+def pixel_weights(mask: Tensor, lam: Tensor | float) -> Tensor:
+    """Per-pixel loss weights of the mixed images: 1 on pasted source pixels, ``lambda`` elsewhere.
+
+    Equals the official ``mix(mask, ones, lambda_map)``: source pixels carry ground truth and get full
+    weight, target pixels carry pseudo-labels and get the batch confidence ``lambda``.
+
+    Args:
+        mask: ``[B, H, W]`` bool mixing mask (True = source pixel).
+        lam: Scalar weight of target pixels (Python float or 0-dim tensor).
+
+    Returns:
+        ``[B, H, W]`` floating tensor on ``mask.device`` (float32 unless ``lam`` is a floating tensor of
+        another dtype).
+    """
+    lam = torch.as_tensor(lam, device=mask.device)
+    if not lam.is_floating_point():
+        lam = lam.float()
+    return torch.where(mask, torch.ones_like(lam), lam)
+
+
+def align_distribution(probs: Tensor, prior: Tensor, running_mean: Tensor, eps: float = 1e-6) -> Tensor:
+    """Distribution alignment of per-pixel class probabilities.
+
+    From ReMixMatch (Berthelot et al., ICLR 2020), used in the DACS paper's ablation study: each
+    pixel's prediction ``q`` becomes ``Normalize(q * p / p~)``, where ``p`` is a target class prior and
+    ``p~`` a running mean of the model's predictions on target data. ``eps`` only guards divisions by
+    zero (it bounds ``p~`` and the normaliser from below).
+
+    Args:
+        probs: ``[B, C, H, W]`` class probabilities (softmax output).
+        prior: ``[C]`` class distribution ``p`` to impose.
+        running_mean: ``[C]`` running mean ``p~`` of predicted probabilities.
+        eps: Lower bound for the denominators.
+
+    Returns:
+        ``[B, C, H, W]`` aligned probabilities, summing to 1 over ``C`` at every pixel.
+    """
+    ratio = (prior / running_mean.clamp_min(eps)).view(1, -1, 1, 1)
+    aligned = probs * ratio
+    return aligned / aligned.sum(dim=1, keepdim=True).clamp_min(eps)
+
+
+def update_running_mean(running_mean: Tensor, probs: Tensor, momentum: float) -> Tensor:
+    """New running mean ``momentum * running_mean + (1 - momentum) * mean(probs)`` for alignment.
+
+    The mean is over the batch and all pixels, per class. Pure: returns a new tensor and leaves
+    ``running_mean`` unchanged; ``probs`` is detached (the statistic carries no gradient).
+
+    Args:
+        running_mean: ``[C]`` current running mean ``p~``.
+        probs: ``[B, C, H, W]`` class probabilities of the current target batch.
+        momentum: Weight of the old value, in ``[0, 1]``.
+
+    Returns:
+        ``[C]`` updated running mean, dtype of ``running_mean``.
+    """
+    batch_mean = probs.detach().mean(dim=(0, 2, 3)).to(running_mean.dtype)
+    return momentum * running_mean + (1.0 - momentum) * batch_mean

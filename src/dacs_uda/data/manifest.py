@@ -1,0 +1,224 @@
+"""Manifests: one row per image/label pair found under a dataset root by the official naming rules.
+
+Every file is opened and fully decoded (``Image.load()``), so truncated or corrupt PNGs are found
+here rather than in the middle of training. A bad file never stops the scan: its row records what
+is wrong, and the ``validate`` stage decides (with Great Expectations) whether that is fatal.
+
+Layouts:
+
+* ``gta5``: ``images/NNNNN.png`` and ``labels/NNNNN.png``, paired by file name; all rows are ``train``.
+* ``cityscapes``: ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
+  ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` for the ``train`` and ``val`` splits (``test``
+  has no public labels and is not used).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("gta5", "cityscapes")
+CITYSCAPES_SPLITS = ("train", "val")
+CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
+CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+MANIFEST_COLUMNS = (
+    "split", "image", "label",
+    "image_width", "image_height", "image_mode",
+    "label_width", "label_height", "label_mode", "label_values",
+    "image_ok", "label_ok", "error",
+)  # fmt: skip
+
+# (split, image path or "", label path or "")
+Pair = tuple[str, str, str]
+
+
+def _gta5_pairs(root: Path) -> list[Pair]:
+    """Pair ``images/X.png`` with ``labels/X.png`` by file name."""
+    images = {p.name: p for p in (root / "images").glob("*.png")}
+    labels = {p.name: p for p in (root / "labels").glob("*.png")}
+    return [
+        ("train", str(images.get(name, "")), str(labels.get(name, "")))
+        for name in sorted(images.keys() | labels.keys())
+    ]
+
+
+def _cityscapes_side(folder: Path, suffix: str) -> dict[tuple[str, str], Path]:
+    """Files ``<city>/<stem><suffix>`` under ``folder``, keyed by (city, stem)."""
+    found = {}
+    for path in folder.glob(f"*/*{suffix}"):
+        found[(path.parent.name, path.name[: -len(suffix)])] = path
+    return found
+
+
+def _cityscapes_pairs(root: Path) -> list[Pair]:
+    """Pair ``leftImg8bit`` frames with their ``gtFine`` label ids by (split, city, stem)."""
+    pairs: list[Pair] = []
+    for split in CITYSCAPES_SPLITS:
+        images = _cityscapes_side(root / "leftImg8bit" / split, CITYSCAPES_IMAGE_SUFFIX)
+        labels = _cityscapes_side(root / "gtFine" / split, CITYSCAPES_LABEL_SUFFIX)
+        for key in sorted(images.keys() | labels.keys()):
+            pairs.append((split, str(images.get(key, "")), str(labels.get(key, ""))))
+    return pairs
+
+
+def find_pairs(fmt: str, root: Path) -> list[Pair]:
+    """List (split, image, label) under ``root``; a side without its partner is ``""``.
+
+    Args:
+        fmt: Dataset layout, one of :data:`FORMATS`.
+        root: Dataset root; paths are returned as ``root / ...`` (relative stays relative).
+
+    Returns:
+        Pairs sorted by split (official order) and file name.
+
+    Raises:
+        ValueError: ``fmt`` is not a known layout.
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown dataset format {fmt!r}: expected one of {FORMATS}")
+    if not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"dataset root {root} ({fmt}) not found: run `dvc repro data` for the embedded pair, "
+            "or check the dataset root in params.yaml"
+        )
+    return _gta5_pairs(Path(root)) if fmt == "gta5" else _cityscapes_pairs(Path(root))
+
+
+def _label_values(img: Image.Image) -> str | None:
+    """Sorted unique values of a single-band image as ``"0 7 26"`` (None for multi-band images)."""
+    if len(img.getbands()) != 1:
+        return None
+    array = np.asarray(img)
+    if array.dtype == np.uint8:
+        values = np.flatnonzero(np.bincount(array.ravel(), minlength=256))
+    else:
+        values = np.unique(array)
+    return " ".join(str(v) for v in values.tolist())
+
+
+def inspect_file(job: tuple[str, bool]) -> dict[str, Any]:
+    """Open and fully decode one PNG; never raise.
+
+    Args:
+        job: (path, whether to collect the label values).
+
+    Returns:
+        ``width``, ``height``, ``mode`` (from the header, None if unreadable), ``values`` (labels only),
+        ``ok`` (fully decoded) and ``error`` ("" if fine).
+    """
+    path, want_values = job
+    info: dict[str, Any] = {
+        "width": None,
+        "height": None,
+        "mode": None,
+        "values": None,
+        "ok": False,
+        "error": "",
+    }
+    try:
+        with Image.open(path) as img:
+            info.update(width=img.width, height=img.height, mode=img.mode)
+            img.load()  # the header alone says nothing about a truncated file
+            if want_values:
+                info["values"] = _label_values(img)
+        info["ok"] = True
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a finding, not a crash
+        info["error"] = f"{type(err).__name__}: {err}"
+    return info
+
+
+def _inspect_all(jobs: list[tuple[str, bool]], workers: int, desc: str) -> list[dict[str, Any]]:
+    """Run :func:`inspect_file` over ``jobs`` (in a process pool if ``workers > 1``), in order."""
+    bar = {"total": len(jobs), "desc": desc, "unit": "file", "mininterval": 2.0}
+    if workers <= 1 or len(jobs) < 2:
+        return [inspect_file(job) for job in tqdm(jobs, **bar)]
+    chunk = max(1, min(64, len(jobs) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(inspect_file, jobs, chunksize=chunk), **bar))
+
+
+def _side(path: str, info: dict[str, Any] | None, kind: str, other: str) -> tuple[dict[str, Any], str]:
+    """Manifest columns of one side of a pair, and its problem ("" if fine)."""
+    if info is None:
+        empty = {f"{kind}_width": None, f"{kind}_height": None, f"{kind}_mode": None, f"{kind}_ok": False}
+        return empty, f"{kind} missing (no {kind} for {other})"
+    columns = {
+        f"{kind}_width": info["width"],
+        f"{kind}_height": info["height"],
+        f"{kind}_mode": info["mode"],
+        f"{kind}_ok": info["ok"],
+    }
+    if kind == "label":
+        columns["label_values"] = info["values"]
+    return columns, "" if info["ok"] else f"{kind} unreadable: {info['error']}"
+
+
+def _row(pair: Pair, image: dict[str, Any] | None, label: dict[str, Any] | None) -> dict[str, Any]:
+    """One manifest row from a pair and the inspection of its files."""
+    split, image_path, label_path = pair
+    row: dict[str, Any] = {"split": split, "image": image_path, "label": label_path, "label_values": None}
+    image_cols, image_error = _side(image_path, image, "image", label_path)
+    label_cols, label_error = _side(label_path, label, "label", image_path)
+    row.update(image_cols)
+    row.update(label_cols)
+    row["error"] = "; ".join(e for e in (image_error, label_error) if e)
+    return row
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame with stable dtypes (nullable ints, strings, bools), even when empty."""
+    frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    for column in ("image_width", "image_height", "label_width", "label_height"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("image_ok", "label_ok"):
+        frame[column] = frame[column].astype(bool)
+    for column in ("split", "image", "label", "error"):
+        frame[column] = frame[column].fillna("").astype(object)
+    return frame
+
+
+def build_manifest(fmt: str, root: Path, workers: int = 2) -> pd.DataFrame:
+    """Scan a dataset root and decode every file.
+
+    Args:
+        fmt: Dataset layout, ``"gta5"`` or ``"cityscapes"``.
+        root: Dataset root. Paths in the manifest are built on it as given (relative stays relative).
+        workers: Decoding processes (``<= 1``: decode in this process).
+
+    Returns:
+        One row per pair (or lone file) with the columns :data:`MANIFEST_COLUMNS`. A missing side has
+        ``""`` as path, empty size/mode and ``*_ok`` False; ``error`` says what is wrong ("" if fine).
+
+    Raises:
+        ValueError: ``fmt`` is not a known layout.
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    pairs = find_pairs(fmt, Path(root))
+    jobs = [
+        (path, is_label)
+        for _, image, label in pairs
+        for path, is_label in ((image, False), (label, True))
+        if path
+    ]
+    infos = dict(zip(jobs, _inspect_all(jobs, workers, f"decode {fmt} ({root})"), strict=True))
+    rows = [_row(p, infos.get((p[1], False)), infos.get((p[2], True))) for p in pairs]
+    frame = _frame(rows)
+    log.info(
+        "%s manifest of %s: %d rows, %d with problems",
+        fmt,
+        root,
+        len(frame),
+        int((frame["error"] != "").sum()),
+    )
+    return frame

@@ -1,0 +1,469 @@
+"""Stage ``validate``: check both datasets with Great Expectations before anything trains on them.
+
+For each domain, :func:`~dacs_uda.data.manifest.build_manifest` decodes every file, and a suite of
+expectations (:func:`build_suite`) runs over the manifest table: files readable, no missing pair,
+image size equal to label size, label mode and ids, RGB(A) images, unique paths, rows per split.
+
+Outputs: ``<data.manifests>/source.csv`` and ``target.csv`` (written only when *both* datasets pass,
+so later stages never see a half-valid dataset), ``reports/validation.md`` (what failed, which files,
+how to fix) and ``metrics/validation.json``. On failure the stage exits 1 and ``dvc repro`` stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+from great_expectations.core import ExpectationSuiteValidationResult
+from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.expectations.row_conditions import Column
+
+from dacs_uda.config import ConfigError, DataConfig, DomainConfig, load_params
+from dacs_uda.data.manifest import build_manifest
+from dacs_uda.labels import MAX_LABEL_ID
+from dacs_uda.utils.io import write_json, write_text
+from dacs_uda.utils.logging import setup_logging
+
+log = logging.getLogger(__name__)
+
+REPORT_PATH = Path("reports/validation.md")
+METRICS_PATH = Path("metrics/validation.json")
+DATASETS = ("source", "target")
+MAX_REPORTED_FILES = 500  # report table rows; the count of all bad files is always given
+
+# Official dataset sizes, used for real (non-embedded) data pairs.
+OFFICIAL_COUNTS: dict[str, dict[str, int]] = {
+    "gta5": {"train": 24966},
+    "cityscapes": {"train": 2975, "val": 500},
+}
+
+FIX_REGENERATE = "regenerate with `dvc repro -f data` (real data: re-extract the official archive)"
+FIX_ROOT = "check the dataset root and format in params.yaml, then `dvc repro -f data`"
+# One label id: 0..MAX_LABEL_ID (33), written without leading zeros.
+_LABEL_ID = "(?:" + "|".join(str(i) for i in range(MAX_LABEL_ID, -1, -1)) + ")"
+LABEL_VALUES_REGEX = rf"^{_LABEL_ID}(?: {_LABEL_ID})*$"
+
+
+def expected_counts(data: DataConfig, domain: str) -> dict[str, int]:
+    """Rows each split of ``domain`` ("source" or "target") must have.
+
+    Args:
+        data: The ``data`` section of the params.
+        domain: ``"source"`` or ``"target"``.
+
+    Returns:
+        Split name -> row count: the configured sizes for the embedded pair, else the official sizes.
+    """
+    if data.pair == "embedded":
+        emb = data.embedded
+        if domain == "source":
+            return {"train": emb.n_source}
+        return {"train": emb.n_target_train, "val": emb.n_target_val}
+    return dict(OFFICIAL_COUNTS[getattr(data, domain).format])
+
+
+def _meta(check: str, side: str, fix: str) -> dict[str, str]:
+    """Expectation ``meta``: the check's name in reports, the file it blames, and how to fix it."""
+    return {"check": check, "side": side, "fix": fix}
+
+
+def _file_expectations() -> list[gxe.Expectation]:
+    """Per-row expectations: presence, decodability, modes, label ids, sizes, uniqueness."""
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(
+            column="image", meta=_meta("image present", "image", FIX_REGENERATE)
+        ),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column="label", meta=_meta("label present", "label", FIX_REGENERATE)
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="image_ok", value_set=[True], meta=_meta("image readable", "image", FIX_REGENERATE)
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="label_ok", value_set=[True], meta=_meta("label readable", "label", FIX_REGENERATE)
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="image_mode", value_set=["RGB", "RGBA"], meta=_meta("image is RGB(A)", "image", FIX_ROOT)
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="label_mode", value_set=["P", "L"], meta=_meta("label mode P or L", "label", FIX_ROOT)
+        ),
+        gxe.ExpectColumnValuesToMatchRegex(
+            column="label_values",
+            regex=LABEL_VALUES_REGEX,
+            meta=_meta(
+                f"label ids in 0..{MAX_LABEL_ID}",
+                "label",
+                FIX_ROOT + " (labels must hold Cityscapes label ids)",
+            ),
+        ),
+        *(
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A=f"image_{dim}",
+                column_B=f"label_{dim}",
+                ignore_row_if="either_value_is_missing",
+                meta=_meta(f"image {dim} == label {dim}", "pair", FIX_REGENERATE),
+            )
+            for dim in ("width", "height")
+        ),
+        gxe.ExpectColumnValuesToBeUnique(column="image", meta=_meta("unique image paths", "image", FIX_ROOT)),
+    ]
+
+
+def _split_expectations(expected: dict[str, int]) -> list[gxe.Expectation]:
+    """Table expectations: only the expected splits, each with its expected number of rows."""
+    checks: list[gxe.Expectation] = [
+        gxe.ExpectColumnValuesToBeInSet(
+            column="split", value_set=sorted(expected), meta=_meta("known splits", "pair", FIX_ROOT)
+        )
+    ]
+    for split, count in expected.items():
+        checks.append(
+            gxe.ExpectTableRowCountToEqual(
+                value=count,
+                row_condition=Column("split") == split,
+                meta=_meta(f"rows in {split}", "table", FIX_ROOT),
+            )
+        )
+    return checks
+
+
+def build_suite(name: str, expected: dict[str, int]) -> gx.ExpectationSuite:
+    """The expectation suite for one dataset manifest.
+
+    Args:
+        name: Suite name.
+        expected: Split -> expected number of rows (see :func:`expected_counts`).
+
+    Returns:
+        A suite whose expectations carry ``meta`` = {check, side, fix} for the report.
+    """
+    # Passed to the constructor: `add_expectation` would need an active context to save into.
+    return gx.ExpectationSuite(name=name, expectations=_file_expectations() + _split_expectations(expected))
+
+
+def ge_frame(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest as Great Expectations sees it: missing values as nulls, so each check skips them.
+
+    A missing file is reported once (by the "present" checks), not again as unreadable, mis-sized
+    or of the wrong mode.
+    """
+    frame = manifest.copy()
+    for kind in ("image", "label"):
+        missing = frame[kind] == ""
+        frame[kind] = frame[kind].astype(object).where(~missing, None)
+        frame[f"{kind}_ok"] = frame[f"{kind}_ok"].astype(object).where(~missing, None)
+        frame[f"{kind}_mode"] = (
+            frame[f"{kind}_mode"].astype(object).where(frame[f"{kind}_mode"].notna(), None)
+        )
+        for dim in ("width", "height"):
+            frame[f"{kind}_{dim}"] = frame[f"{kind}_{dim}"].astype("float64")  # NaN, not pd.NA
+    frame["label_values"] = frame["label_values"].astype(object).where(frame["label_values"].notna(), None)
+    return frame
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one expectation."""
+
+    check: str
+    success: bool
+    failures: int  # rows that failed (file checks) or 1 (a failed table check)
+    rows: list[int]  # manifest index of the failing rows
+    side: str
+    fix: str
+    detail: str = ""  # observed vs expected, for table checks
+
+
+@dataclass
+class DatasetResult:
+    """Validation of one dataset: its manifest and every check."""
+
+    name: str
+    fmt: str
+    root: str
+    manifest: pd.DataFrame
+    expected: dict[str, int]
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        """Whether every check passed."""
+        return all(c.success for c in self.checks)
+
+    def bad_files(self) -> list[tuple[str, str, str]]:
+        """(file, problem, fix) for every failing row and check, without repeats."""
+        found: dict[tuple[str, str], str] = {}
+        for check in self.checks:
+            for index in check.rows:
+                row = self.manifest.loc[index]
+                found.setdefault((blamed_file(row, check.side), describe_problem(row, check)), check.fix)
+        return [(file, problem, fix) for (file, problem), fix in found.items()]
+
+    def passed_rows(self) -> pd.DataFrame:
+        """Manifest rows that no check blamed."""
+        bad = {index for check in self.checks for index in check.rows}
+        return self.manifest.drop(index=sorted(bad))
+
+
+def blamed_file(row: pd.Series, side: str) -> str:
+    """The file a failure is about: the checked side, or the other side when that one is missing."""
+    first, second = ("label", "image") if side == "label" else ("image", "label")
+    return row[first] or row[second]
+
+
+def describe_problem(row: pd.Series, check: CheckResult) -> str:
+    """A one-line, human-readable description of why ``row`` failed ``check``."""
+    name = check.check
+    if name.endswith("present"):
+        return (
+            "label missing (image without label)"
+            if name.startswith("label")
+            else "image missing (orphan label)"
+        )
+    if name.endswith("readable"):
+        kind = name.split()[0]
+        return next((e for e in row["error"].split("; ") if e.startswith(kind)), f"{kind} unreadable")
+    if name.startswith("image width") or name.startswith("image height"):
+        return (
+            f"image {row['image_width']}x{row['image_height']} but label "
+            f"{row['label_width']}x{row['label_height']} ({row['label']})"
+        )
+    if name.startswith("label ids"):
+        bad = [v for v in str(row["label_values"]).split() if not (v.isdigit() and int(v) <= MAX_LABEL_ID)]
+        return f"label ids outside 0..{MAX_LABEL_ID}: {' '.join(bad)}"
+    if name == "image is RGB(A)":
+        return f"image mode {row['image_mode']}, expected RGB or RGBA"
+    if name == "label mode P or L":
+        return f"label mode {row['label_mode']}, expected P (GTA5 palette) or L (8-bit)"
+    if name == "unique image paths":
+        return "image listed more than once"
+    if name == "known splits":
+        return f"unexpected split {row['split']!r}"
+    return f"failed `{name}`"
+
+
+def _check_result(raw: Any) -> CheckResult:
+    """Convert one GE expectation result into a :class:`CheckResult`."""
+    config = raw.expectation_config
+    meta, result = config.meta or {}, raw.result or {}
+    rows = [int(i) for i in result.get("unexpected_index_list") or []]
+    detail = ""
+    if meta.get("side") == "table":
+        detail = f"observed {result.get('observed_value')}, expected {config.kwargs.get('value')}"
+    if raw.exception_info and raw.exception_info.get("raised_exception"):
+        detail = f"expectation raised: {raw.exception_info.get('exception_message')}"
+    failures = 0 if raw.success else max(len(rows), 1)
+    return CheckResult(
+        check=meta.get("check", config.type),
+        success=bool(raw.success),
+        failures=failures,
+        rows=rows,
+        side=meta.get("side", "image"),
+        fix=meta.get("fix", FIX_ROOT),
+        detail=detail,
+    )
+
+
+def run_suite(manifest: pd.DataFrame, suite: gx.ExpectationSuite) -> ExpectationSuiteValidationResult:
+    """Validate ``manifest`` against ``suite`` in a fresh ephemeral GE context (no files, no bars)."""
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    tag = uuid.uuid4().hex[:8]
+    batch = (
+        context.data_sources.add_pandas(f"manifest-{tag}")
+        .add_dataframe_asset(f"rows-{tag}")
+        .add_batch_definition_whole_dataframe(f"all-{tag}")
+    )
+    definition = gx.ValidationDefinition(name=f"validate-{tag}", data=batch, suite=context.suites.add(suite))
+    definition = context.validation_definitions.add(definition)
+    return definition.run(batch_parameters={"dataframe": ge_frame(manifest)}, result_format="COMPLETE")
+
+
+def validate_dataset(
+    name: str, fmt: str, root: str | Path, manifest: pd.DataFrame, expected: dict[str, int]
+) -> DatasetResult:
+    """Run the suite on one manifest.
+
+    Args:
+        name: ``"source"`` or ``"target"`` (used in reports and file names).
+        fmt: Dataset layout of the manifest.
+        root: Dataset root the manifest was built from.
+        manifest: Output of :func:`~dacs_uda.data.manifest.build_manifest`.
+        expected: Split -> expected number of rows.
+
+    Returns:
+        The per-check outcome, in suite order.
+    """
+    suite = build_suite(f"{name}-{fmt}", expected)
+    order = [e.meta["check"] for e in suite.expectations]
+    outcome = run_suite(manifest, suite)
+    checks = sorted((_check_result(r) for r in outcome.results), key=lambda c: order.index(c.check))
+    return DatasetResult(name, fmt, str(root), manifest, dict(expected), checks)
+
+
+def summarize(results: list[DatasetResult]) -> dict[str, Any]:
+    """The metrics JSON: per dataset rows per split, failures per check, and overall success."""
+    summary: dict[str, Any] = {"success": all(r.success for r in results)}
+    for r in results:
+        summary[r.name] = {
+            "format": r.fmt,
+            "root": r.root,
+            "success": r.success,
+            "rows": len(r.manifest),
+            "rows_per_split": {
+                str(k): int(v) for k, v in r.manifest["split"].value_counts().sort_index().items()
+            },
+            "expected_rows_per_split": r.expected,
+            "bad_files": len(r.bad_files()),
+            "failures": {c.check: c.failures for c in r.checks},
+        }
+    return summary
+
+
+def _md_cell(text: str) -> str:
+    """Escape a table cell for Markdown."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _report_dataset(r: DatasetResult) -> list[str]:
+    """Markdown section of one dataset: its checks, then its bad files."""
+    counts = (
+        ", ".join(f"{k}: {v}" for k, v in r.manifest["split"].value_counts().sort_index().items()) or "none"
+    )
+    lines = [
+        f"## {r.name} ({r.fmt}, `{r.root}`): {'PASS' if r.success else 'FAIL'}",
+        "",
+        f"Rows per split: {counts} (expected: {', '.join(f'{k}: {v}' for k, v in r.expected.items())}).",
+        "",
+        "| expectation | result | failures | detail | how to fix |",
+        "|---|---|---|---|---|",
+    ]
+    for c in r.checks:
+        fix = "" if c.success else c.fix
+        status = "pass" if c.success else "**FAIL**"
+        lines.append(
+            f"| {_md_cell(c.check)} | {status} | {c.failures} | {_md_cell(c.detail)} | {_md_cell(fix)} |"
+        )
+    bad = r.bad_files()
+    if bad:
+        lines += ["", f"### Bad files ({len(bad)})", "", "| file | problem | how to fix |", "|---|---|---|"]
+        lines += [
+            f"| `{_md_cell(f)}` | {_md_cell(p)} | {_md_cell(x)} |" for f, p, x in bad[:MAX_REPORTED_FILES]
+        ]
+        if len(bad) > MAX_REPORTED_FILES:
+            lines.append(f"\n... and {len(bad) - MAX_REPORTED_FILES} more.")
+    return lines + [""]
+
+
+def render_report(results: list[DatasetResult], manifests_dir: str | Path) -> str:
+    """The human-readable validation report (Markdown)."""
+    ok = all(r.success for r in results)
+    verdict = (
+        f"PASS: manifests written to `{manifests_dir}`."
+        if ok
+        else f"FAIL: no manifest written to `{manifests_dir}`; fix the problems below, then `dvc repro`."
+    )
+    lines = ["# Dataset validation", "", verdict, ""]
+    for r in results:
+        lines += _report_dataset(r)
+    return "\n".join(lines)
+
+
+def write_manifests(results: list[DatasetResult], manifests_dir: str | Path) -> None:
+    """Write ``<name>.csv`` for every dataset, each atomically; rendered first so no write is half done."""
+    texts = {r.name: r.passed_rows().to_csv(index=False) for r in results}
+    for name, text in texts.items():
+        write_text(Path(manifests_dir) / f"{name}.csv", text)
+
+
+def failure_message(results: list[DatasetResult], report: Path, limit: int = 20) -> str:
+    """One log line naming the first ``limit`` bad files, table-level failures, and the report."""
+    bad = [f"{r.name}: {f} ({p})" for r in results for f, p, _ in r.bad_files()]
+    tables = [
+        f"{r.name}: {c.check} ({c.detail})"
+        for r in results
+        for c in r.checks
+        if c.side == "table" and not c.success
+    ]
+    more = f" ... and {len(bad) - limit} more" if len(bad) > limit else ""
+    parts = [f"{len(bad)} bad files: " + "; ".join(bad[:limit]) + more] if bad else []
+    parts += tables
+    return "dataset validation failed: " + " | ".join(parts) + f". See {report}"
+
+
+def validate_data(data: DataConfig, workers: int = 2) -> list[DatasetResult]:
+    """Build the manifest of each domain and validate it.
+
+    Args:
+        data: The ``data`` section of the params.
+        workers: Decoding processes.
+
+    Returns:
+        One result per domain ("source", "target").
+    """
+    results = []
+    for name in DATASETS:
+        domain: DomainConfig = getattr(data, name)
+        manifest = build_manifest(domain.format, Path(domain.root), workers)
+        results.append(
+            validate_dataset(name, domain.format, domain.root, manifest, expected_counts(data, name))
+        )
+    return results
+
+
+def write_outputs(results: list[DatasetResult], manifests_dir: str | Path) -> bool:
+    """Write report and metrics always, the manifests only if every dataset passed; return success."""
+    ok = all(r.success for r in results)
+    if ok:
+        write_manifests(results, manifests_dir)
+    write_text(REPORT_PATH, render_report(results, manifests_dir))
+    write_json(METRICS_PATH, summarize(results))
+    return ok
+
+
+def quiet_great_expectations() -> None:
+    """Raise GE's loggers to WARNING: its INFO lines (temporary docs folders, ...) are internals.
+
+    Some GE modules set their own logger level, so the parent logger alone is not enough.
+    """
+    for name in ["great_expectations", *logging.root.manager.loggerDict]:
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main() -> int:
+    """Run the stage; exit code 1 when the data (or the params pointing at it) is not valid."""
+    setup_logging()
+    quiet_great_expectations()
+    start = time.perf_counter()
+    try:
+        params = load_params()
+        results = validate_data(params.data, workers=min(8, os.cpu_count() or 1))
+    except (ConfigError, FileNotFoundError) as err:
+        log.error("validate: %s", err)
+        return 1
+    if not write_outputs(results, params.data.manifests):
+        log.error("%s", failure_message(results, REPORT_PATH))
+        return 1
+    rows = ", ".join(f"{r.name} {len(r.manifest)}" for r in results)
+    log.info(
+        "validation passed (%s rows) in %.1f s; manifests in %s, report %s",
+        rows,
+        time.perf_counter() - start,
+        params.data.manifests,
+        REPORT_PATH,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Learning curves as CSV files that ``dvc plots`` renders."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from dacs_uda.utils.io import atomic_path
+
+
+class CurveLogger:
+    """Averages per-step values over ``every`` steps and keeps one row per window."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.rows: list[dict[str, float]] = []
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def add(self, step: int, values: dict[str, float]) -> dict[str, float] | None:
+        """Add one step; return the averaged row when a window closes."""
+        for key, value in values.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        self._count += 1
+        if (step + 1) % self.every:
+            return None
+        row = {"step": step + 1, **{k: round(v / self._count, 6) for k, v in self._sums.items()}}
+        self.rows.append(row)
+        self._sums, self._count = {}, 0
+        return row
+
+    def write(self, path: str | Path) -> None:
+        """Write the rows as CSV, atomically."""
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+            if self.rows:
+                writer = csv.DictWriter(fh, fieldnames=list(self.rows[0]))
+                writer.writeheader()
+                writer.writerows(self.rows)
