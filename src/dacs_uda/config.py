@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -248,8 +248,21 @@ class Params:
         self.oracle.validate("oracle")
 
 
+def _check_sections(raw: dict[str, Any], schema: type, prefix: str = "") -> None:
+    """Sections must be mappings: OmegaConf's own error for ``adapt: 5`` does not name the key."""
+    for f in fields(schema):
+        default = f.default_factory() if f.default_factory is not MISSING else None
+        if not is_dataclass(default) or raw.get(f.name) is None:
+            continue
+        key, value = f"{prefix}{f.name}", raw[f.name]
+        if not isinstance(value, dict):
+            raise ConfigError(f"params.yaml: `{key}` must be a mapping, got {value!r}")
+        _check_sections(value, type(default), f"{key}.")
+
+
 def parse_params(raw: dict[str, Any]) -> Params:
     """Validate a params mapping against the schema; raise :class:`ConfigError` naming the bad key."""
+    _check_sections(raw, Params)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Params), raw)
         params = OmegaConf.to_object(merged)
@@ -265,7 +278,10 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found: run the stages from the repository root (where dvc.yaml is)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return parse_params(raw)

@@ -62,8 +62,9 @@ _BASE_PALETTE = {
     EGO: (40, 40, 40),
 }  # fmt: skip
 
-# The camera domain sees the same world under other materials and light: colours move, some a lot.
-_TARGET_PALETTE = {
+# How the camera domain sees each class's material and light; the target palette lies halfway
+# between this and the game palette, so colour still carries some (but unreliable) information.
+_CAMERA_LOOK = {
     ROAD: (120, 118, 112), SIDEWALK: (165, 150, 140), BUILDING: (150, 130, 105), WALL: (120, 125, 120),
     FENCE: (140, 135, 110), POLE: (95, 95, 100), LIGHT: (60, 60, 50), SIGN: (200, 205, 215),
     VEGETATION: (85, 110, 55), TERRAIN: (135, 140, 80), SKY: (200, 210, 215), PERSON: (70, 60, 75),
@@ -71,6 +72,9 @@ _TARGET_PALETTE = {
     TRAIN: (180, 60, 50), MOTORCYCLE: (50, 50, 55), BICYCLE: (60, 60, 70), VOID: (100, 95, 90),
     EGO: (25, 25, 30),
 }  # fmt: skip
+_TARGET_PALETTE = {
+    cls: tuple((a + b) // 2 for a, b in zip(_BASE_PALETTE[cls], look)) for cls, look in _CAMERA_LOOK.items()
+}
 
 SOURCE_STYLE = Style(
     horizon=(0.40, 0.50),
@@ -97,14 +101,14 @@ TARGET_STYLE = Style(
             BICYCLE: 0.6, POLE: 4.0, LIGHT: 1.2, SIGN: 1.6, WALL: 0.5, FENCE: 0.8, VEGETATION: 3.0,
             TERRAIN: 1.0, VOID: 0.4},
     palette=_TARGET_PALETTE,
-    saturation=0.75,
-    texture=22.0,
-    noise=6.0,
-    blur=0.8,
-    haze=0.35,
-    exposure=(0.65, 1.25),
-    white_balance=0.12,
-    vignette=0.35,
+    saturation=0.8,
+    texture=18.0,
+    noise=5.0,
+    blur=0.7,
+    haze=0.25,
+    exposure=(0.75, 1.2),
+    white_balance=0.1,
+    vignette=0.3,
     ego_hood=True,
 )  # fmt: skip
 
