@@ -34,8 +34,9 @@ class StageFailed(RuntimeError):
     """A ``dvc repro`` of one stage exited non-zero."""
 
     def __init__(self, stage: str, returncode: int) -> None:
-        super().__init__(f"DVC stage {stage!r} failed: `dvc repro --single-item {stage}` "
-                         f"exited with code {returncode}")
+        super().__init__(
+            f"DVC stage {stage!r} failed: `dvc repro --single-item {stage}` exited with code {returncode}"
+        )
         self.stage = stage
         self.returncode = returncode
 
@@ -71,8 +72,16 @@ def run_command(cmd: list[str], cwd: Path, on_line: LineSink) -> int:
     # lines reach the Prefect logs while a stage trains, not when it ends.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1, errors="replace") as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        errors="replace",
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             on_line(line.rstrip("\r\n"))
@@ -133,8 +142,9 @@ def _repro(stage: str, force: bool = False, repo: str = ".") -> float:
 
 
 # Only `data` touches the network (downloads); a failed training stage must not silently run again.
-repro_data = task(_repro, name="dvc-repro-data", task_run_name="dvc-repro-{stage}",
-                  retries=2, retry_delay_seconds=[30, 120])
+repro_data = task(
+    _repro, name="dvc-repro-data", task_run_name="dvc-repro-{stage}", retries=2, retry_delay_seconds=[30, 120]
+)
 repro_stage = task(_repro, name="dvc-repro", task_run_name="dvc-repro-{stage}")
 RETRYING_TASKS = {"data": repro_data}
 
@@ -169,8 +179,10 @@ def read_eval_metrics(repo: str | Path = ".") -> dict[str, Any] | None:
 def build_report(summary: dict[str, dict[str, Any]], metrics: dict[str, Any] | None) -> str:
     """Markdown for the run artifact: one row per stage run, then mIoU per model if evaluated."""
     lines = ["# DACS pipeline run", "", "| stage | seconds | status |", "|---|---:|---|"]
-    lines += [f"| {stage} | {row['seconds']:.1f} | {'ok' if row['ok'] else 'FAILED'} |"
-              for stage, row in summary.items()]
+    lines += [
+        f"| {stage} | {row['seconds']:.1f} | {'ok' if row['ok'] else 'FAILED'} |"
+        for stage, row in summary.items()
+    ]
     if metrics:
         lines += ["", "## Target val (metrics/eval.json)", "", "| model | mIoU |", "|---|---:|"]
         for model, values in metrics.items():
@@ -185,8 +197,11 @@ def publish_report(summary: dict[str, dict[str, Any]], repo: str | Path) -> str:
     if _in_flow_run():
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY,
-                                 description="DVC stages run by dacs-pipeline, their durations and mIoU")
+        create_markdown_artifact(
+            markdown=markdown,
+            key=ARTIFACT_KEY,
+            description="DVC stages run by dacs-pipeline, their durations and mIoU",
+        )
     return markdown
 
 
@@ -223,6 +238,7 @@ def dacs_pipeline(stages: list[str] | None = None, force: bool = False, repo: st
         summary[stage] = {"seconds": round(time.monotonic() - start, 3), "ok": True}
     publish_report(summary, repo)
     return summary
+
 
 if __name__ == "__main__":
     dacs_pipeline()

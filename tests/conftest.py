@@ -17,8 +17,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 def tiny_params(**overrides) -> Params:
     """Params of the embedded pipeline shrunk to seconds: 64-px frames, a 4-channel model, 3 steps."""
     params = Params()
-    params.data.embedded = EmbeddedConfig(n_source=8, n_target_train=6, n_target_val=4,
-                                          source_size=[64, 36], target_size=[64, 32])
+    params.data.embedded = EmbeddedConfig(
+        n_source=8, n_target_train=6, n_target_val=4, source_size=[64, 36], target_size=[64, 32]
+    )
     params.data.source.resize = [64, 36]
     params.data.target.resize = [64, 32]
     params.data.crop = [32, 32]

@@ -20,7 +20,7 @@ from dacs_uda.data.datasets import infinite_loader, read_manifest
 from dacs_uda.models.deeplabv2 import DeepLabV2, build_model
 from dacs_uda.optim import build_optimizer, set_lr
 from dacs_uda.pretrain import domain_batches, pick_device
-from dacs_uda.utils.checkpoint import lineage, load_checkpoint, save_checkpoint
+from dacs_uda.utils.checkpoint import load_checkpoint, save_checkpoint
 from dacs_uda.utils.curve import CurveLogger
 from dacs_uda.utils.io import write_json
 from dacs_uda.utils.logging import setup_logging
@@ -45,8 +45,15 @@ def run_adaptation(params: Params, generator: torch.Generator, device: torch.dev
     optimizer = build_optimizer(student, cfg.optim)
     source = domain_batches(params, "source", cfg.optim.batch_size, generator)
     target_rows = read_manifest(Path(params.data.manifests) / "target.csv", split="train")
-    target = infinite_loader(target_rows, params.data.target.resize, params.data.crop, cfg.optim.batch_size,
-                             generator, params.data.num_workers, with_labels=False)
+    target = infinite_loader(
+        target_rows,
+        params.data.target.resize,
+        params.data.crop,
+        cfg.optim.batch_size,
+        generator,
+        params.data.num_workers,
+        with_labels=False,
+    )
     curve = CurveLogger(cfg.log_every)
     progress = tqdm(range(cfg.optim.iterations), desc=f"adapt ({cfg.method})", unit="step", mininterval=5.0)
     for step in progress:
@@ -54,11 +61,19 @@ def run_adaptation(params: Params, generator: torch.Generator, device: torch.dev
         src, tgt = next(source), next(target)
         batch = Batch(src["image"].to(device), src["label"].to(device), tgt["image"].to(device))
         stats = dacs_step(student, teacher, optimizer, batch, cfg, step, generator)
-        row = curve.add(step, {"loss_source": stats.loss_source, "loss_mix": stats.loss_mix,
-                               "confident": stats.confident, "lr": lr})
+        row = curve.add(
+            step,
+            {
+                "loss_source": stats.loss_source,
+                "loss_mix": stats.loss_mix,
+                "confident": stats.confident,
+                "lr": lr,
+            },
+        )
         if row:
-            progress.set_postfix(src=f"{row['loss_source']:.3f}", mix=f"{row['loss_mix']:.3f}",
-                                 conf=f"{row['confident']:.2f}")
+            progress.set_postfix(
+                src=f"{row['loss_source']:.3f}", mix=f"{row['loss_mix']:.3f}", conf=f"{row['confident']:.2f}"
+            )
     return student, teacher, optimizer, curve
 
 
@@ -72,13 +87,25 @@ def main() -> int:
     start = time.perf_counter()
     student, teacher, optimizer, curve = run_adaptation(params, generator, device)
     seconds = time.perf_counter() - start
-    save_checkpoint(cfg.checkpoint, student, params, step=cfg.optim.iterations, ema_model=teacher,
-                    optimizer=optimizer, generator=generator)
+    save_checkpoint(
+        cfg.checkpoint,
+        student,
+        params,
+        step=cfg.optim.iterations,
+        ema_model=teacher,
+        optimizer=optimizer,
+        generator=generator,
+    )
     curve.write(cfg.curve)
     final = curve.rows[-1] if curve.rows else {}
-    write_json(cfg.metrics, {**{f"train/{k}": v for k, v in final.items() if k != "step"},
-                             "steps": cfg.optim.iterations, "seconds": round(seconds, 1), "device": str(device),
-                             **lineage(params)})
+    write_json(
+        cfg.metrics,
+        {
+            **{f"train/{k}": v for k, v in final.items() if k != "step"},
+            "steps": cfg.optim.iterations,
+            "seconds": round(seconds, 1),
+        },
+    )
     log.info("adapt: wrote %s (%.0f s)", cfg.checkpoint, seconds)
     return 0
 

@@ -180,7 +180,11 @@ class AdaptConfig:
             _check(0 <= getattr(self, key) <= 1, f"adapt.{key}", "must be a probability in [0, 1]")
         _check(0 <= self.jitter_strength <= 1, "adapt.jitter_strength", "must be in [0, 1]")
         lo, hi = (self.blur_sigma + [0, 0])[:2]
-        _check(len(self.blur_sigma) == 2 and 0 < lo <= hi, "adapt.blur_sigma", "must be [low, high], 0 < low <= high")
+        _check(
+            len(self.blur_sigma) == 2 and 0 < lo <= hi,
+            "adapt.blur_sigma",
+            "must be [low, high], 0 < low <= high",
+        )
         _check(self.log_every >= 1, "adapt.log_every", "must be >= 1")
         self.optim._validate("adapt")
 

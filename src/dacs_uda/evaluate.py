@@ -60,7 +60,9 @@ def summarize(matrix: ConfusionMatrix) -> dict:
         "mIoU16": round(100 * matrix.miou(SYNTHIA_16), 2),
         "mIoU13": round(100 * matrix.miou(SYNTHIA_13), 2),
         "never_predicted": len(matrix.never_predicted()),
-        "iou": {name: None if np.isnan(v) else round(100 * v, 2) for name, v in zip(CLASS_NAMES, iou)},
+        "iou": {
+            name: None if np.isnan(v) else round(100 * v, 2) for name, v in zip(CLASS_NAMES, iou, strict=True)
+        },
     }
 
 
@@ -75,14 +77,19 @@ def write_per_class(path: str | Path, results: dict[str, dict]) -> None:
 
 
 @torch.no_grad()
-def sample_grid(models: dict[str, torch.nn.Module], loader: DataLoader, device: torch.device, count: int) -> np.ndarray:
+def sample_grid(
+    models: dict[str, torch.nn.Module], loader: DataLoader, device: torch.device, count: int
+) -> np.ndarray:
     """Rows of (image, ground truth, one prediction per model) for the first ``count`` val images."""
     batch = next(iter(loader))
     images, labels = batch["image"][:count].to(device), batch["label"][:count]
     preds = {name: predict(model, images).cpu().numpy().astype(np.uint8) for name, model in models.items()}
     rgb = (denormalize(images).permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
-    rows = [[rgb[i], label_panel(labels[i].numpy().astype(np.uint8))] + [label_panel(p[i]) for p in preds.values()]
-            for i in range(len(rgb))]
+    rows = [
+        [rgb[i], label_panel(labels[i].numpy().astype(np.uint8))]
+        + [label_panel(p[i]) for p in preds.values()]
+        for i in range(len(rgb))
+    ]
     return grid(rows, ["image", "ground truth", *preds])
 
 
@@ -93,16 +100,20 @@ def main() -> int:
     loader = val_loader(params)
     models, results = {}, {}
     for name, path in cfg.models.items():
-        models[name], ckpt = load_model(path)
-        models[name].to(device)
+        models[name] = load_model(path)[0].to(device)
         results[name] = summarize(confusion(models[name], loader, device, f"evaluate {name}"))
-        results[name]["lineage"] = ckpt["lineage"]
-        log.info("%s: mIoU %.2f on target val (%d classes never predicted)", name, results[name]["mIoU"],
-                 results[name]["never_predicted"])
+        log.info(
+            "%s: mIoU %.2f on target val (%d classes never predicted)",
+            name,
+            results[name]["mIoU"],
+            results[name]["never_predicted"],
+        )
     write_json(cfg.metrics, {name: {k: v for k, v in r.items() if k != "iou"} for name, r in results.items()})
     write_per_class(cfg.per_class, results)
     if cfg.num_samples:
-        save_png(Path(cfg.samples_dir) / "target_val.png", sample_grid(models, loader, device, cfg.num_samples))
+        save_png(
+            Path(cfg.samples_dir) / "target_val.png", sample_grid(models, loader, device, cfg.num_samples)
+        )
     return 0
 
 

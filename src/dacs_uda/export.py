@@ -30,7 +30,7 @@ from dacs_uda.data.datasets import load_pair, read_manifest
 from dacs_uda.data.transforms import IMG_MEAN_BGR, normalize
 from dacs_uda.labels import CLASS_NAMES, PALETTE
 from dacs_uda.models.deeplabv2 import FullResolution
-from dacs_uda.utils.checkpoint import lineage, load_model
+from dacs_uda.utils.checkpoint import load_model
 from dacs_uda.utils.io import atomic_path, write_json
 from dacs_uda.utils.logging import setup_logging
 
@@ -252,19 +252,10 @@ def export_and_verify(model: nn.Module, params: Params, source_lineage: dict[str
         metrics = {
             "pass": summary.pop("pass"),
             **summary,
-            "onnx": cfg.onnx,
             "model_size_bytes": staged.stat().st_size,
-            "exporter": exporter_name(cfg.dynamo),
             "opset": cfg.opset,
             "export_seconds": round(seconds, 3),
-            "versions": {
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": ort.__version__,
-            },
-            "lineage": source_lineage,
-            "export_lineage": lineage(params),
-        }
+        }  # metrics stay numeric; exporter, versions and lineage travel inside the ONNX file
         write_json(cfg.metrics, metrics)
         if not metrics["pass"]:
             raise ParityError(

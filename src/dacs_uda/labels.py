@@ -18,7 +18,27 @@ CLASS_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 # Cityscapes labelId of each training id, in training-id order.
-TRAIN_ID_TO_LABEL_ID: tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+TRAIN_ID_TO_LABEL_ID: tuple[int, ...] = (
+    7,
+    8,
+    11,
+    12,
+    13,
+    17,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    26,
+    27,
+    28,
+    31,
+    32,
+    33,
+)
 
 # Official Cityscapes colours (cityscapesscripts/helpers/labels.py), in training-id order.
 PALETTE: tuple[tuple[int, int, int], ...] = (

@@ -16,12 +16,15 @@ def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
 def build_optimizer(model: DeepLabV2, cfg: OptimConfig) -> torch.optim.SGD:
     """SGD over the backbone (lr) and the classifier (head_lr_mult * lr) parameter groups."""
     return torch.optim.SGD(
-        model.param_groups(cfg.lr, cfg.head_lr_mult), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        model.param_groups(cfg.lr, cfg.head_lr_mult),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
     )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, cfg: OptimConfig, step: int) -> float:
-    """Apply the poly schedule at ``step`` (before the forward pass, as the official loop); return the base lr."""
+    """Apply the poly schedule at ``step`` (before the forward pass, as officially); return the base lr."""
     lr = poly_lr(cfg.lr, step, cfg.iterations, cfg.poly_power)
     optimizer.param_groups[0]["lr"] = lr
     optimizer.param_groups[1]["lr"] = lr * cfg.head_lr_mult

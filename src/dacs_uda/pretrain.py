@@ -21,7 +21,7 @@ from dacs_uda.data.datasets import infinite_loader, read_manifest
 from dacs_uda.labels import IGNORE_INDEX
 from dacs_uda.models.deeplabv2 import DeepLabV2, build_model, upsample_logits
 from dacs_uda.optim import build_optimizer, set_lr
-from dacs_uda.utils.checkpoint import lineage, save_checkpoint
+from dacs_uda.utils.checkpoint import save_checkpoint
 from dacs_uda.utils.curve import CurveLogger
 from dacs_uda.utils.io import write_json
 from dacs_uda.utils.logging import setup_logging
@@ -83,11 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     model, optimizer, curve = train_supervised(params, cfg, generator, device)
     seconds = time.perf_counter() - start
-    save_checkpoint(cfg.checkpoint, model, params, step=cfg.optim.iterations, optimizer=optimizer, generator=generator)
+    save_checkpoint(
+        cfg.checkpoint, model, params, step=cfg.optim.iterations, optimizer=optimizer, generator=generator
+    )
     curve.write(cfg.curve)
     final = curve.rows[-1] if curve.rows else {}
-    write_json(cfg.metrics, {"train/loss": final.get("loss"), "steps": cfg.optim.iterations,
-                             "seconds": round(seconds, 1), "device": str(device), **lineage(params)})
+    write_json(
+        cfg.metrics,
+        {"train/loss": final.get("loss"), "steps": cfg.optim.iterations, "seconds": round(seconds, 1)},
+    )
     log.info("%s: wrote %s (%.0f s)", args.section, cfg.checkpoint, seconds)
     return 0
 

@@ -38,12 +38,16 @@ def test_gta5_layout_and_palette_encoding(tree: Path) -> None:
 
 
 def test_cityscapes_layout_names(tree: Path) -> None:
-    images = sorted(str(p.relative_to(tree / "target")) for p in (tree / "target" / "leftImg8bit").rglob("*.png"))
+    images = sorted(
+        str(p.relative_to(tree / "target")) for p in (tree / "target" / "leftImg8bit").rglob("*.png")
+    )
     labels = sorted(str(p.relative_to(tree / "target")) for p in (tree / "target").rglob("*_labelIds.png"))
     assert len(images) == 7 and len(labels) == 7
     assert all(CITYSCAPES_IMAGE.search(p) for p in images)
     assert all(CITYSCAPES_LABEL.search(p) for p in labels)
-    assert {CITYSCAPES_IMAGE.search(p).group(2) for p in images if "/val/" in p} <= set(synth.CITYSCAPES_CITIES["val"])
+    assert {CITYSCAPES_IMAGE.search(p).group(2) for p in images if "/val/" in p} <= set(
+        synth.CITYSCAPES_CITIES["val"]
+    )
     label = Image.open(tree / "target" / labels[0])
     assert label.mode == "L" and label.size == (96, 48)
     assert L.LABEL_ID_EGO_VEHICLE in np.unique(np.asarray(label))  # the camera domain sees its own hood
@@ -86,5 +90,7 @@ def test_domains_differ_in_appearance_and_layout() -> None:
     sky_src = src_img[lut[src_lab] == synth.SKY].mean(0)
     sky_tgt = tgt_img[lut[tgt_lab] == synth.SKY].mean(0)
     assert np.abs(sky_src - sky_tgt).max() > 30  # a palette shift, not just noise
-    person_ratio = _class_frequencies("target", 60)[synth.PERSON] / _class_frequencies("source", 60)[synth.PERSON]
+    person_ratio = (
+        _class_frequencies("target", 60)[synth.PERSON] / _class_frequencies("source", 60)[synth.PERSON]
+    )
     assert person_ratio > 1.3  # the camera domain has more pedestrians

@@ -22,7 +22,7 @@ from dacs_uda.export import export_onnx, onnx_metadata, parity, read_metadata
 from dacs_uda.inference import OnnxSegmenter
 from dacs_uda.labels import CLASS_NAMES, NUM_CLASSES
 from dacs_uda.models.deeplabv2 import FullResolution, build_model
-from dacs_uda.utils.checkpoint import save_checkpoint
+from dacs_uda.utils.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = ModelConfig(width=4, depths=[1, 1, 1, 1], aspp_dilations=[1, 2])
 LINEAGE = {
@@ -156,9 +156,12 @@ def test_stage_writes_model_and_metrics(workspace):
     assert metrics["pass"] is True and metrics["max_abs_diff"] < 1e-3 and metrics["argmax_agreement"] >= 0.999
     assert [(r["batch"], r["height"], r["width"]) for r in metrics["per_size"]] == [(4, 32, 64), (4, 25, 49)]
     assert metrics["model_size_bytes"] == Path("models/dacs.onnx").stat().st_size
-    assert metrics["opset"] == 18 and metrics["exporter"] == "torch.onnx-torchscript"
-    assert set(metrics["lineage"]) == {"git_revision", "params_hash", "seed", "data_seed", "data_pair"}
-    assert json.loads(read_metadata("models/dacs.onnx")["lineage"]) == metrics["lineage"]
+    assert metrics["opset"] == 18
+    metadata = read_metadata("models/dacs.onnx")
+    assert metadata["exporter"] == "torch.onnx-torchscript"
+    lineage = json.loads(metadata["lineage"])
+    assert set(lineage) == {"git_revision", "params_hash", "seed", "data_seed", "data_pair"}
+    assert lineage == load_checkpoint("models/dacs.pt")["lineage"]
     assert OnnxSegmenter("models/dacs.onnx").predict(np.zeros((32, 64, 3), np.uint8)).shape == (32, 64)
 
 

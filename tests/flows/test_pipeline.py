@@ -56,12 +56,16 @@ def repo(tmp_path: Path) -> Path:
     shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "eval.json").write_text(json.dumps(
-        {"source_only": {"mIoU": 31.5, "mIoU16": 33.0}, "dacs": {"mIoU": 42.25}, "oracle": {"mIoU": 60.0}}))
+    (tmp_path / "metrics" / "eval.json").write_text(
+        json.dumps(
+            {"source_only": {"mIoU": 31.5, "mIoU16": 33.0}, "dacs": {"mIoU": 42.25}, "oracle": {"mIoU": 60.0}}
+        )
+    )
     return tmp_path
 
 
 # (a) Unit tests through .fn(): no Prefect server.
+
 
 def test_all_stages_run_in_dvc_yaml_order(fake: FakeRunner, repo: Path) -> None:
     summary = dacs_pipeline.fn(repo=str(repo))
@@ -69,8 +73,9 @@ def test_all_stages_run_in_dvc_yaml_order(fake: FakeRunner, repo: Path) -> None:
     assert fake.stages == DVC_ORDER
     assert list(summary) == DVC_ORDER
     assert all(row["ok"] and row["seconds"] >= 0 for row in summary.values())
-    assert all(cmd[:4] == ["dvc", "repro", "--single-item", cmd[3]] and "--force" not in cmd
-               for cmd, _ in fake.calls)
+    assert all(
+        cmd[:4] == ["dvc", "repro", "--single-item", cmd[3]] and "--force" not in cmd for cmd, _ in fake.calls
+    )
     assert {cwd for _, cwd in fake.calls} == {repo}
 
 
@@ -102,8 +107,9 @@ def test_failing_stage_raises_and_stops_later_stages(fake: FakeRunner, repo: Pat
     assert fake.stages == ["data", "validate", "pretrain"]
 
 
-def test_output_lines_are_logged_as_they_arrive(monkeypatch: pytest.MonkeyPatch, repo: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_output_lines_are_logged_as_they_arrive(
+    monkeypatch: pytest.MonkeyPatch, repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     seen_before_exit: list[bool] = []
 
     def runner(cmd: list[str], cwd: Path, on_line) -> int:
@@ -160,6 +166,7 @@ def test_report_lists_stages_and_miou(repo: Path) -> None:
 
 # (b) One real run under a temporary Prefect server.
 
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory):
     from prefect.settings import (
@@ -171,8 +178,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
     from prefect.testing.utilities import prefect_test_harness
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False,
-                                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90}):
+    with temporary_settings(
+        updates={
+            PREFECT_HOME: home,
+            PREFECT_SERVER_ANALYTICS_ENABLED: False,
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90,
+        }
+    ):
         with prefect_test_harness(server_startup_timeout=120):
             yield
 

@@ -92,6 +92,10 @@ def test_export_stage_records_parity(project: Path) -> None:
 def test_adapt_is_bit_reproducible(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
     params = load_params()
-    first = adapt.run_adaptation(params, torch.Generator().manual_seed(7), torch.device("cpu"))[0].state_dict()
-    second = adapt.run_adaptation(params, torch.Generator().manual_seed(7), torch.device("cpu"))[0].state_dict()
+    first = adapt.run_adaptation(params, torch.Generator().manual_seed(7), torch.device("cpu"))[
+        0
+    ].state_dict()
+    second = adapt.run_adaptation(params, torch.Generator().manual_seed(7), torch.device("cpu"))[
+        0
+    ].state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)

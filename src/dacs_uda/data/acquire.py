@@ -60,8 +60,12 @@ def main() -> int:
     start = time.perf_counter()
     generate_embedded(cfg)
     save_png(SAMPLES_PNG, sample_picture(cfg))
-    log.info("embedded benchmark written to %s and %s in %.0f s", cfg.source.root, cfg.target.root,
-             time.perf_counter() - start)
+    log.info(
+        "embedded benchmark written to %s and %s in %.0f s",
+        cfg.source.root,
+        cfg.target.root,
+        time.perf_counter() - start,
+    )
     return 0
 
 

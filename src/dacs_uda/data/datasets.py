@@ -35,7 +35,9 @@ def read_manifest(path: str | Path, split: str | None = None) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def load_pair(image_path: str, label_path: str | None, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+def load_pair(
+    image_path: str, label_path: str | None, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode, resize to ``size`` (W, H) and map labels to training ids."""
     with Image.open(image_path) as img:
         image = img.convert("RGB")
@@ -58,7 +60,11 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(
-        self, manifest: pd.DataFrame, size: tuple[int, int], crop: tuple[int, int] | None = None, with_labels: bool = True
+        self,
+        manifest: pd.DataFrame,
+        size: tuple[int, int],
+        crop: tuple[int, int] | None = None,
+        with_labels: bool = True,
     ) -> None:
         self.images = manifest["image"].tolist()
         self.labels = manifest["label"].tolist() if with_labels else [None] * len(self.images)
@@ -88,7 +94,9 @@ class RandomCropSampler(Sampler):
     The official loaders crop with inclusive ``randint(0, W - w)`` bounds; so does this sampler.
     """
 
-    def __init__(self, length: int, size: tuple[int, int], crop: tuple[int, int], generator: torch.Generator) -> None:
+    def __init__(
+        self, length: int, size: tuple[int, int], crop: tuple[int, int], generator: torch.Generator
+    ) -> None:
         self.length, self.gen = length, generator
         self.height, self.width = size[1], size[0]
         self.crop = tuple(crop)
@@ -100,12 +108,22 @@ class RandomCropSampler(Sampler):
 
 
 def infinite_loader(
-    manifest: pd.DataFrame, size: tuple[int, int], crop: tuple[int, int], batch_size: int,
-    generator: torch.Generator, num_workers: int = 0, with_labels: bool = True,
+    manifest: pd.DataFrame,
+    size: tuple[int, int],
+    crop: tuple[int, int],
+    batch_size: int,
+    generator: torch.Generator,
+    num_workers: int = 0,
+    with_labels: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches of random crops (drop-last semantics: every batch is full)."""
     dataset = SegmentationDataset(manifest, size, crop, with_labels)
     sampler = RandomCropSampler(len(dataset), size, crop, generator)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        persistent_workers=num_workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
     return iter(loader)

@@ -73,7 +73,8 @@ _CAMERA_LOOK = {
     EGO: (25, 25, 30),
 }  # fmt: skip
 _TARGET_PALETTE = {
-    cls: tuple((a + b) // 2 for a, b in zip(_BASE_PALETTE[cls], look)) for cls, look in _CAMERA_LOOK.items()
+    cls: tuple((a + b) // 2 for a, b in zip(_BASE_PALETTE[cls], look, strict=True))
+    for cls, look in _CAMERA_LOOK.items()
 }
 
 SOURCE_STYLE = Style(
@@ -203,7 +204,9 @@ def _draw_background(c: Canvas, s: Street) -> None:
             c.paint(col & side, TERRAIN if kind == TERRAIN else VEGETATION, grain=1.3)
         x += seg
     c.paint((c.yy >= s.horizon) & (c.xx >= left) & (c.xx <= right), ROAD, grain=0.8)
-    walk = (c.yy >= s.horizon) & ~((c.xx >= left) & (c.xx <= right)) & (c.xx >= left_out) & (c.xx <= right_out)
+    walk = (
+        (c.yy >= s.horizon) & ~((c.xx >= left) & (c.xx <= right)) & (c.xx >= left_out) & (c.xx <= right_out)
+    )
     c.paint(walk, SIDEWALK, grain=0.8)
     lane = (c.yy >= s.horizon + 2) & (np.abs(c.xx - (left + right) / 2) < 0.5 + 2.0 * s.depth(c.yy))
     dashes = (np.floor(np.clip(c.yy - s.horizon, 0, None) ** 0.6 * 1.5) % 2) == 0
@@ -259,7 +262,9 @@ def _two_wheeler(c: Canvas, x: float, y: float, k: float, cls: int) -> None:
         if cls == BICYCLE:
             ring &= ~c.ellipse(wx, y - r, 0.6 * r, 0.6 * r)
         c.paint(ring, cls, dark)
-    c.paint(c.box(x - 1.3 * r, y - 2.2 * r, x + 1.3 * r, y - (1.0 if cls == MOTORCYCLE else 1.7) * r), cls, dark)
+    c.paint(
+        c.box(x - 1.3 * r, y - 2.2 * r, x + 1.3 * r, y - (1.0 if cls == MOTORCYCLE else 1.7) * r), cls, dark
+    )
     _person(c, x, y - 1.6 * r, k * 0.85, RIDER)
 
 
@@ -323,7 +328,9 @@ def _draw_objects(c: Canvas, s: Street) -> None:
         elif cls in (WALL, FENCE):
             _barrier(c, x, y, k, cls)
         elif cls == TERRAIN:
-            c.paint(c.ellipse(x, y, 0.25 * k * c.w, 0.05 * k * c.h) & (c.label == SIDEWALK), TERRAIN, grain=1.3)
+            c.paint(
+                c.ellipse(x, y, 0.25 * k * c.w, 0.05 * k * c.h) & (c.label == SIDEWALK), TERRAIN, grain=1.3
+            )
         else:
             _clutter(c, x, y, k)
 
@@ -352,7 +359,9 @@ def _finish(c: Canvas, s: Street) -> np.ndarray:
     return np.asarray(image)
 
 
-def render_scene(domain: str, width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    domain: str, width: int, height: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one frame: (RGB uint8 HxWx3, Cityscapes labelIds uint8 HxW)."""
     style = STYLES[domain]
     c = Canvas(height, width, style, rng)
@@ -418,7 +427,9 @@ def generate_source(root: Path, seed: int, count: int, size: tuple[int, int], wo
     _run(_write_source, jobs, workers, "source (GTA5 layout)")
 
 
-def generate_target(root: Path, seed: int, counts: dict[str, int], size: tuple[int, int], workers: int = 2) -> None:
+def generate_target(
+    root: Path, seed: int, counts: dict[str, int], size: tuple[int, int], workers: int = 2
+) -> None:
     """Write target frames of ``size`` (W, H) in the Cityscapes layout, ``counts`` per split."""
     jobs = []
     for split, count in counts.items():
@@ -437,5 +448,7 @@ def _run(fn, jobs: list, workers: int, what: str) -> None:
             fn(job)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(fn, jobs, chunksize=16), total=len(jobs), desc=what, unit="frame", mininterval=2.0):
+        for _ in tqdm(
+            pool.map(fn, jobs, chunksize=16), total=len(jobs), desc=what, unit="frame", mininterval=2.0
+        ):
             pass

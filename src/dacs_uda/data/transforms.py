@@ -35,7 +35,9 @@ def resize_pair(image: Image.Image, label: Image.Image | None, size: tuple[int, 
     return image, label
 
 
-def random_crop_box(height: int, width: int, crop: tuple[int, int], generator: torch.Generator) -> tuple[int, int]:
+def random_crop_box(
+    height: int, width: int, crop: tuple[int, int], generator: torch.Generator
+) -> tuple[int, int]:
     """Top-left corner (y, x) of a uniformly random ``crop`` (H, W) inside a ``height`` x ``width`` image."""
     ch, cw = crop
     y = int(torch.randint(0, height - ch + 1, (1,), generator=generator))

@@ -315,8 +315,6 @@ def summarize(results: list[DatasetResult]) -> dict[str, Any]:
     summary: dict[str, Any] = {"success": all(r.success for r in results)}
     for r in results:
         summary[r.name] = {
-            "format": r.fmt,
-            "root": r.root,
             "success": r.success,
             "rows": len(r.manifest),
             "rows_per_split": {

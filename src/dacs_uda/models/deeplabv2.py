@@ -18,7 +18,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, dilation: int, downsample: nn.Module | None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, dilation: int, downsample: nn.Module | None
+    ) -> None:
         super().__init__()
         out = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
@@ -68,7 +70,9 @@ class DeepLabV2(nn.Module):
 
     def _make_layer(self, planes: int, blocks: int, stride: int, dilation: int) -> nn.Sequential:
         out = planes * Bottleneck.expansion
-        downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+        downsample = nn.Sequential(
+            nn.Conv2d(self.inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)
+        )
         layers = [Bottleneck(self.inplanes, planes, stride, dilation, downsample)]
         self.inplanes = out
         layers += [Bottleneck(out, planes, 1, dilation, None) for _ in range(blocks - 1)]

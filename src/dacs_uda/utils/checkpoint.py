@@ -17,8 +17,12 @@ from dacs_uda.utils.io import save_torch
 def git_revision() -> str:
     """The current git commit (``+dirty`` when the tree has changes), or ``unknown`` outside git."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        )
         return rev + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -69,7 +73,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"{path} is not a readable checkpoint ({err}); delete it and rerun `dvc repro`") from err
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({err}); delete it and rerun `dvc repro`"
+        ) from err
 
 
 def load_model(path: str | Path, which: str = "model") -> tuple[DeepLabV2, dict[str, Any]]:
