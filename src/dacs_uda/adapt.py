@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from dacs_uda.config import Params, load_params
 from dacs_uda.dacs.ema import make_teacher
-from dacs_uda.dacs.step import Batch, dacs_step
-from dacs_uda.data.datasets import infinite_loader, read_manifest
+from dacs_uda.dacs.step import Alignment, Batch, dacs_step
+from dacs_uda.data.datasets import infinite_loader, load_pair, manifest_path, read_manifest
+from dacs_uda.labels import NUM_CLASSES
 from dacs_uda.models.deeplabv2 import DeepLabV2, build_model
 from dacs_uda.optim import build_optimizer, set_lr
 from dacs_uda.pretrain import domain_batches, pick_device
@@ -37,14 +37,35 @@ def initial_student(params: Params, device: torch.device) -> DeepLabV2:
     return model.to(device).train()
 
 
+def class_prior(params: Params, domain: str) -> torch.Tensor:
+    """Pixel frequency of each class in ``domain``'s training labels (the distribution-alignment prior)."""
+    rows = read_manifest(manifest_path(params, domain), split="train")
+    size = getattr(params.data, domain).resize
+    counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+    for image, label in zip(rows["image"], rows["label"], strict=True):
+        train_ids = torch.from_numpy(load_pair(image, label, size)[1]).long().flatten()
+        counts += torch.bincount(train_ids[train_ids < NUM_CLASSES], minlength=NUM_CLASSES)
+    return (counts / counts.sum()).float()
+
+
+def make_alignment(params: Params, device: torch.device) -> Alignment | None:
+    """The ``dist_align`` prior: target labels (the paper's oracle ablation) or source labels (estimate)."""
+    if params.adapt.method != "dist_align":
+        return None
+    domain = "target" if params.adapt.da_prior == "target_labels" else "source"
+    return Alignment(prior=class_prior(params, domain).to(device))
+
+
 def run_adaptation(params: Params, generator: torch.Generator, device: torch.device):
-    """Run ``adapt.optim.iterations`` DACS steps; return the student, teacher, optimiser and curve."""
+    """Run ``adapt.optim.iterations`` steps of ``adapt.method``; return student, teacher, optimiser, curve."""
     cfg = params.adapt
     student = initial_student(params, device)
-    teacher = make_teacher(student).train()  # official: the teacher's BN uses target-batch statistics
+    # official: the teacher's BN normalises with target-batch statistics (train mode); clean: eval mode.
+    teacher = make_teacher(student).train(cfg.fidelity == "official")
+    alignment = make_alignment(params, device)
     optimizer = build_optimizer(student, cfg.optim)
     source = domain_batches(params, "source", cfg.optim.batch_size, generator)
-    target_rows = read_manifest(Path(params.data.manifests) / "target.csv", split="train")
+    target_rows = read_manifest(manifest_path(params, "target"), split="train")
     target = infinite_loader(
         target_rows,
         params.data.target.resize,
@@ -60,7 +81,7 @@ def run_adaptation(params: Params, generator: torch.Generator, device: torch.dev
         lr = set_lr(optimizer, cfg.optim, step)
         src, tgt = next(source), next(target)
         batch = Batch(src["image"].to(device), src["label"].to(device), tgt["image"].to(device))
-        stats = dacs_step(student, teacher, optimizer, batch, cfg, step, generator)
+        stats = dacs_step(student, teacher, optimizer, batch, cfg, step, generator, alignment)
         row = curve.add(
             step,
             {

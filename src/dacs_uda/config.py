@@ -18,11 +18,26 @@ from omegaconf.errors import OmegaConfBaseException
 
 PARAMS_FILE = Path("params.yaml")
 
-SOURCE_FORMATS = ("gta5",)
+SOURCE_FORMATS = ("gta5", "synthia")
 TARGET_FORMATS = ("cityscapes",)
-DATA_PAIRS = ("embedded",)
-METHODS = ("dacs", "source_only")
+# data.pair -> (source format, target format). "embedded" is the generated pair in the GTA5 and
+# Cityscapes layouts; the others are the real benchmarks (docs/datasets.md).
+PAIR_FORMATS = {
+    "embedded": ("gta5", "cityscapes"),
+    "gta5_cityscapes": ("gta5", "cityscapes"),
+    "synthia_cityscapes": ("synthia", "cityscapes"),
+}
+DATA_PAIRS = tuple(PAIR_FORMATS)
+# Baselines and ablations of the paper (Tranheden et al., Table 2-4) beside DACS itself.
+METHODS = ("dacs", "source_only", "classmix", "pseudo_label", "dist_align", "cutmix")
+FIDELITY = ("clean", "official")
+DA_PRIORS = ("target_labels", "source_labels")
 ARCHS = ("deeplabv2",)
+MODEL_INITS = ("scratch", "imagenet", "file")
+ASPP_SUMS = ("all", "first_two")
+# ResNet depths that torchvision publishes ImageNet weights for (model.init: imagenet needs width 64).
+IMAGENET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
+EVAL_PROTOCOLS = ("official", "full")
 
 
 class ConfigError(ValueError):
@@ -63,6 +78,9 @@ class DomainConfig:
     format: str = "gta5"
     root: str = "data/raw/source"
     resize: list[int] = field(default_factory=lambda: [256, 144])  # W, H (official: 1280x720 / 1024x512)
+    # Real data only: expected pairs per split; None = the official counts (GTA5 24,966, SYNTHIA 9,400,
+    # Cityscapes 2,975 train + 500 val). Set it only for a deliberate subset.
+    counts: dict[str, int] | None = None
 
 
 @dataclass
@@ -73,7 +91,11 @@ class DataConfig:
         default_factory=lambda: DomainConfig(format="cityscapes", root="data/raw/target", resize=[256, 128])
     )
     crop: list[int] = field(default_factory=lambda: [128, 128])  # H, W (official: 512x512)
-    manifests: str = "data/manifests"
+    manifests: str = "data/manifests"  # validated manifests of the raw data (stage validate)
+    prepared: str = "data/prepared"  # resized cache + the manifests training reads (stage prepare)
+    download: bool = False  # real pairs: download missing datasets (else only locate them)
+    downloads: str = "data/downloads"  # where archives are downloaded to (resumable)
+    checksums: str | None = None  # optional file of pinned archive checksums (`sha256sum` format)
     num_workers: int = 0  # loader processes; crops come from a seeded sampler, so results do not change
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
 
@@ -81,6 +103,18 @@ class DataConfig:
         _check(self.pair in DATA_PAIRS, "data.pair", f"must be one of {DATA_PAIRS}, got {self.pair!r}")
         _check(self.source.format in SOURCE_FORMATS, "data.source.format", f"must be one of {SOURCE_FORMATS}")
         _check(self.target.format in TARGET_FORMATS, "data.target.format", f"must be one of {TARGET_FORMATS}")
+        for domain, fmt in zip(("source", "target"), PAIR_FORMATS[self.pair], strict=True):
+            _check(
+                getattr(self, domain).format == fmt,
+                f"data.{domain}.format",
+                f"must be {fmt!r} for data.pair {self.pair!r}, got {getattr(self, domain).format!r}",
+            )
+            counts = getattr(self, domain).counts
+            _check(
+                counts is None or (len(counts) > 0 and all(v >= 1 for v in counts.values())),
+                f"data.{domain}.counts",
+                f"must be null (official counts) or split -> count >= 1, got {counts}",
+            )
         _check_size(self.source.resize, "data.source.resize")
         _check_size(self.target.resize, "data.target.resize")
         _check_size(self.crop, "data.crop")
@@ -103,6 +137,13 @@ class ModelConfig:
     aspp_dilations: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
     num_classes: int = 19
     freeze_bn_affine: bool = True  # DeepLab-v2 keeps BN scale/shift fixed
+    # all: the ASPP output is the sum of every branch; first_two: only the first two branches (d6 + d12),
+    # as the official Classifier_Module, which returns inside its loop (the others get no gradient).
+    aspp_sum: str = "all"
+    # scratch: random init; imagenet: torchvision ImageNet weights (downloaded, or the local copy at
+    # `weights`); file: the weights file at `weights` (DeepLab COCO layout, torchvision layout or ours).
+    init: str = "scratch"
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.arch in ARCHS, "model.arch", f"must be one of {ARCHS}, got {self.arch!r}")
@@ -110,6 +151,26 @@ class ModelConfig:
         _check(self.width >= 4, "model.width", "must be >= 4")
         _check(len(self.aspp_dilations) >= 1, "model.aspp_dilations", "must not be empty")
         _check(self.num_classes >= 2, "model.num_classes", "must be >= 2")
+        _check(
+            self.aspp_sum in ASPP_SUMS, "model.aspp_sum", f"must be one of {ASPP_SUMS}, got {self.aspp_sum!r}"
+        )
+        _check(
+            self.aspp_sum == "all" or len(self.aspp_dilations) >= 2,
+            "model.aspp_sum",
+            "first_two needs at least two model.aspp_dilations",
+        )
+        _check(self.init in MODEL_INITS, "model.init", f"must be one of {MODEL_INITS}, got {self.init!r}")
+        if self.init == "scratch":
+            _check(self.weights is None, "model.weights", "must be null when model.init is scratch")
+        if self.init == "file":
+            _check(bool(self.weights), "model.weights", "must name a weights file when model.init is file")
+        if self.init == "imagenet":
+            _check(
+                self.width == 64 and tuple(self.depths) in IMAGENET_DEPTHS,
+                "model.init",
+                "imagenet needs a torchvision ResNet shape: model.width 64 and model.depths one of "
+                f"{[list(d) for d in IMAGENET_DEPTHS]}, got width {self.width}, depths {self.depths}",
+            )
 
 
 @dataclass
@@ -123,6 +184,10 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    # true: the official optimiser (§3.3): each backbone conv weight is updated once per time the official
+    # parameter generator lists it (stem 1, bottleneck convs 3, downsample convs 4), sequentially with
+    # one momentum buffer; false: one update per parameter (clean).
+    duplicate_backbone_updates: bool = False
 
     def _validate(self, section: str) -> None:
         _check(self.iterations >= 1, f"{section}.optim.iterations", "must be >= 1")
@@ -157,6 +222,9 @@ class AdaptConfig:
 
     method: str = "dacs"
     init: str = "pretrained"  # start from the pretrain checkpoint, or from scratch
+    # official: ignore label pickable by the class mask, teacher BN in train mode (target-batch
+    # statistics, parameters-only EMA), one jitter/blur decision per batch; clean fixes all three.
+    fidelity: str = "official"
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema_alpha: float = 0.99
     pseudo_threshold: float = 0.968
@@ -165,6 +233,11 @@ class AdaptConfig:
     jitter_strength: float = 0.25
     blur_p: float = 0.5
     blur_sigma: list[float] = field(default_factory=lambda: [0.15, 1.15])
+    cutmix_area: float = 0.5  # method cutmix: fraction of the target covered by the source box
+    da_prior: str = (
+        "target_labels"  # method dist_align: class prior p (target_labels is the paper's oracle prior)
+    )
+    da_momentum: float = 0.99  # method dist_align: running mean of teacher predictions
     log_every: int = 50
     checkpoint: str = "models/dacs.pt"
     curve: str = "metrics/adapt_curve.csv"
@@ -173,6 +246,14 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "adapt.method", f"must be one of {METHODS}, got {self.method!r}")
         _check(self.init in ("pretrained", "scratch"), "adapt.init", "must be 'pretrained' or 'scratch'")
+        _check(
+            self.fidelity in FIDELITY, "adapt.fidelity", f"must be one of {FIDELITY}, got {self.fidelity!r}"
+        )
+        _check(
+            self.da_prior in DA_PRIORS, "adapt.da_prior", f"must be one of {DA_PRIORS}, got {self.da_prior!r}"
+        )
+        _check(0 <= self.da_momentum < 1, "adapt.da_momentum", "must be in [0, 1)")
+        _check(0 < self.cutmix_area < 1, "adapt.cutmix_area", "must be in (0, 1)")
         _check(0 <= self.ema_alpha < 1, "adapt.ema_alpha", "must be in [0, 1)")
         _check(0 <= self.pseudo_threshold <= 1, "adapt.pseudo_threshold", "must be in [0, 1]")
         _check(self.mix_weight >= 0, "adapt.mix_weight", "must be >= 0")
@@ -203,11 +284,24 @@ class EvaluateConfig:
     per_class: str = "metrics/per_class_iou.csv"
     samples_dir: str = "reports/samples"
     num_samples: int = 4
+    # official: labels nearest-resized to data.target.resize (DACS);
+    # full: logits upsampled to the native label size (what the Cityscapes benchmark scores)
+    protocol: str = "official"
+    confusion: str = "metrics/confusion.csv"
+    predictions_dir: str = "predictions"  # Cityscapes-format label-id and colour PNGs, one folder per model
+    save_predictions: list[str] = field(default_factory=lambda: ["dacs"])  # names from `models`
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
         _check(len(self.models) >= 1, "evaluate.models", "must name at least one checkpoint")
         _check(self.num_samples >= 0, "evaluate.num_samples", "must be >= 0")
+        _check(
+            self.protocol in EVAL_PROTOCOLS,
+            "evaluate.protocol",
+            f"must be one of {EVAL_PROTOCOLS}, got {self.protocol!r}",
+        )
+        unknown = sorted(set(self.save_predictions) - set(self.models))
+        _check(not unknown, "evaluate.save_predictions", f"names models not in evaluate.models: {unknown}")
 
 
 @dataclass
@@ -219,11 +313,19 @@ class ExportConfig:
     parity_atol: float = 1e-3
     min_argmax_agreement: float = 0.999
     metrics: str = "metrics/export.json"
+    fp16_onnx: str = "models/dacs_fp16.onnx"  # float16 weights and arithmetic (GPU deployment)
+    fp16_min_argmax_agreement: float = 0.99
+    max_miou_diff: float = 0.1  # evaluate_onnx fails when |mIoU(ONNX) - mIoU(PyTorch)| exceeds this (points)
+    eval_metrics: str = "metrics/eval_onnx.json"
 
     def __post_init__(self) -> None:
         _check(7 <= self.opset <= 23, "export.opset", "must be in [7, 23]")
         _check(self.parity_atol > 0, "export.parity_atol", "must be > 0")
         _check(0 < self.min_argmax_agreement <= 1, "export.min_argmax_agreement", "must be in (0, 1]")
+        _check(
+            0 < self.fp16_min_argmax_agreement <= 1, "export.fp16_min_argmax_agreement", "must be in (0, 1]"
+        )
+        _check(self.max_miou_diff >= 0, "export.max_miou_diff", "must be >= 0")
 
 
 @dataclass
@@ -269,6 +371,9 @@ def parse_params(raw: dict[str, Any]) -> Params:
     _check_sections(raw, Params)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Params), raw)
+        models = (raw.get("evaluate") or {}).get("models")
+        if isinstance(models, dict):  # merge() unions mappings: the file's models replace the defaults
+            merged.evaluate.models = models
         params = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         # OmegaConf's message already names the full key and the expected type.

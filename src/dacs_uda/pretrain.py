@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from dacs_uda.config import Params, TrainConfig, load_params
-from dacs_uda.data.datasets import infinite_loader, read_manifest
+from dacs_uda.data.datasets import infinite_loader, manifest_path, read_manifest
 from dacs_uda.labels import IGNORE_INDEX
 from dacs_uda.models.deeplabv2 import DeepLabV2, build_model, upsample_logits
 from dacs_uda.optim import build_optimizer, set_lr
@@ -38,8 +37,7 @@ def supervised_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.
 
 def domain_batches(params: Params, domain: str, batch_size: int, generator: torch.Generator):
     """Endless labelled training crops of ``domain`` ('source' or 'target')."""
-    manifest_dir = Path(params.data.manifests)
-    rows = read_manifest(manifest_dir / f"{domain}.csv", split="train")
+    rows = read_manifest(manifest_path(params, domain), split="train")
     size = getattr(params.data, domain).resize
     return infinite_loader(rows, size, params.data.crop, batch_size, generator, params.data.num_workers)
 

@@ -14,12 +14,27 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def pseudo_labels(teacher_logits: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Hard pseudo-labels and their confidence from teacher logits.
+def teacher_probabilities(teacher_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Class probabilities of the teacher at the crop size.
 
     As in the official code: bilinear upsampling of the logits to ``size`` with ``align_corners=True``,
-    softmax over classes, then ``max`` over classes. Runs under ``no_grad`` on detached logits, so no
-    autograd graph is built (the teacher is never trained by back-propagation).
+    then softmax over classes. Runs under ``no_grad`` on detached logits, so no autograd graph is built
+    (the teacher is never trained by back-propagation).
+
+    Args:
+        teacher_logits: ``[B, C, h, w]`` teacher output.
+        size: Output ``(H, W)``, the size of the training crops.
+
+    Returns:
+        ``[B, C, H, W]`` float32 probabilities.
+    """
+    logits = F.interpolate(teacher_logits.detach().float(), size=size, mode="bilinear", align_corners=True)
+    return torch.softmax(logits, dim=1)
+
+
+@torch.no_grad()
+def pseudo_labels(teacher_logits: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Hard pseudo-labels and their confidence from teacher logits (argmax and max of the softmax).
 
     Args:
         teacher_logits: ``[B, C, h, w]`` teacher output.
@@ -29,8 +44,7 @@ def pseudo_labels(teacher_logits: Tensor, size: tuple[int, int]) -> tuple[Tensor
         ``(labels, confidence)``: ``[B, H, W]`` int64 argmax classes and ``[B, H, W]`` float32 max
         probabilities.
     """
-    logits = F.interpolate(teacher_logits.detach().float(), size=size, mode="bilinear", align_corners=True)
-    confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
+    confidence, labels = teacher_probabilities(teacher_logits, size).max(dim=1)
     return labels, confidence
 
 

@@ -2,6 +2,16 @@
 
 ``depths=(3, 4, 23, 3), width=64`` is the paper's ResNet-101; the embedded default is a narrow,
 shallow member of the same family so that it trains on two CPU cores.
+
+Faithful to the official ``model/deeplabv2.py`` (vikolss/DACS, from AdvSemiSeg): stem 7x7/2 conv (pad 3,
+no bias) + BN + ReLU + 3x3/2 max-pool with ``ceil_mode=True``; bottlenecks with the stride on the first
+1x1 conv and ``padding = dilation`` on the 3x3 conv; layer3/layer4 at stride 1 with dilation 2/4 (output
+stride 8: 512x512 -> 256 -> 129 (ceil) -> 65); a downsample (1x1 conv + BN) on the first block of every
+layer; BN affine parameters frozen (``freeze_bn_affine``) while BN still normalises with batch statistics
+in train mode; ASPP classifier of biased 3x3 convs ~ N(0, 0.01). Parameter names equal the official ones
+except the classifier (``classifier.branches.i`` for ``layer5.conv2d_list.i``), see
+:mod:`dacs_uda.models.weights`. One deliberate difference: backbone convs trained from scratch get
+Kaiming init (the official N(0, 0.01) init is always overwritten by the COCO weights there).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dacs_uda.config import ModelConfig
+from dacs_uda.models.weights import init_from_config
 
 
 class Bottleneck(nn.Module):
@@ -39,16 +50,28 @@ class Bottleneck(nn.Module):
 
 
 class ASPP(nn.Module):
-    """Parallel 3x3 convolutions with the given dilations, summed (DeepLab-v2's classifier)."""
+    """Parallel 3x3 convolutions with the given dilations, summed (DeepLab-v2's classifier).
 
-    def __init__(self, channels: int, num_classes: int, dilations: list[int]) -> None:
+    ``summed="first_two"`` reproduces the official ``Classifier_Module.forward``, which returns inside its
+    loop: the output is ``branches[0](x) + branches[1](x)``; the other branches are never evaluated, so
+    they get no gradient (and no weight decay) and keep their initial values.
+    """
+
+    def __init__(self, channels: int, num_classes: int, dilations: list[int], summed: str = "all") -> None:
         super().__init__()
+        if summed not in ("all", "first_two") or (summed == "first_two" and len(dilations) < 2):
+            raise ValueError(f"summed must be 'all' or 'first_two' (with >= 2 branches), got {summed!r}")
+        self.summed = summed
         self.branches = nn.ModuleList(
             nn.Conv2d(channels, num_classes, 3, padding=d, dilation=d, bias=True) for d in dilations
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(branch(x) for branch in self.branches)
+        used = self.branches[:2] if self.summed == "first_two" else self.branches
+        out = used[0](x)
+        for branch in used[1:]:
+            out = out + branch(x)
+        return out
 
 
 class DeepLabV2(nn.Module):
@@ -65,7 +88,7 @@ class DeepLabV2(nn.Module):
         self.layer2 = self._make_layer(2 * w, cfg.depths[1], stride=2, dilation=1)
         self.layer3 = self._make_layer(4 * w, cfg.depths[2], stride=1, dilation=2)
         self.layer4 = self._make_layer(8 * w, cfg.depths[3], stride=1, dilation=4)
-        self.classifier = ASPP(self.inplanes, cfg.num_classes, cfg.aspp_dilations)
+        self.classifier = ASPP(self.inplanes, cfg.num_classes, cfg.aspp_dilations, cfg.aspp_sum)
         self._init_weights(cfg.freeze_bn_affine)
 
     def _make_layer(self, planes: int, blocks: int, stride: int, dilation: int) -> nn.Sequential:
@@ -119,6 +142,13 @@ class FullResolution(nn.Module):
         return upsample_logits(self.model(x), x.shape[-2:])
 
 
-def build_model(cfg: ModelConfig) -> DeepLabV2:
-    """The model named by ``params.yaml``'s ``model`` section."""
-    return DeepLabV2(cfg)
+def build_model(cfg: ModelConfig, *, init_weights: bool = True) -> DeepLabV2:
+    """The model named by ``params.yaml``'s ``model`` section, initialised as ``model.init`` says.
+
+    ``init_weights=False`` skips loading ``model.init``'s weights (ImageNet / file): for callers that
+    overwrite every tensor anyway, such as :func:`dacs_uda.utils.checkpoint.load_model`.
+    """
+    model = DeepLabV2(cfg)
+    if init_weights and cfg.init != "scratch":
+        init_from_config(model, cfg)
+    return model
