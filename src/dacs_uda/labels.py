@@ -54,9 +54,17 @@ LABEL_ID_RECTIFICATION_BORDER = 2
 LABEL_ID_OUT_OF_ROI = 3
 MAX_LABEL_ID = 33  # labelIds run 0..33 (license plate, -1, never appears in label images)
 
-# SYNTHIA evaluation subsets (training ids).
+# SYNTHIA evaluation subsets (training ids): 16 classes drop terrain, truck and train; 13 classes
+# ("mIoU*") also drop wall, fence and pole (dacs_official.md §10.3).
 SYNTHIA_16 = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18)
 SYNTHIA_13 = (0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18)
+
+# SYNTHIA-RAND-CITYSCAPES class id of each training id, in training-id order (official DACS
+# ``synthia_dataset.py`` table, dacs_official.md §10.2). Terrain (16), truck (18) and train (20) never
+# occur in SYNTHIA labels; ids 0 (void), 13 (parking-slot), 14 (road-work) and 22 (lane-marking) are
+# ignored, as in DACS (some other code bases map lane-marking and parking-slot to road).
+TRAIN_ID_TO_SYNTHIA_ID: tuple[int, ...] = (3, 4, 2, 21, 5, 7, 15, 9, 6, 16, 1, 10, 17, 8, 18, 19, 20, 12, 11)
+MAX_SYNTHIA_ID = 22  # SYNTHIA-RAND-CITYSCAPES class ids run 0..22
 
 
 def label_id_to_train_id_lut() -> np.ndarray:
@@ -71,6 +79,14 @@ def train_id_to_label_id_lut() -> np.ndarray:
     """Return a 256-entry uint8 lookup table: training id -> Cityscapes labelId (ignore -> 0, unlabeled)."""
     lut = np.zeros(256, dtype=np.uint8)
     lut[:NUM_CLASSES] = TRAIN_ID_TO_LABEL_ID
+    return lut
+
+
+def synthia_id_to_train_id_lut() -> np.ndarray:
+    """Return a 65536-entry uint8 lookup table: SYNTHIA class id -> training id (255 = ignore)."""
+    lut = np.full(1 << 16, IGNORE_INDEX, dtype=np.uint8)
+    for train_id, synthia_id in enumerate(TRAIN_ID_TO_SYNTHIA_ID):
+        lut[synthia_id] = train_id
     return lut
 
 

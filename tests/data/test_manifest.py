@@ -110,7 +110,7 @@ def test_bad_arguments_raise(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="params.yaml"):
         build_manifest("gta5", tmp_path / "nowhere", workers=1)
     with pytest.raises(ValueError, match="cityscapes"):
-        build_manifest("synthia", tmp_path, workers=1)
+        build_manifest("kitti", tmp_path, workers=1)
 
 
 def test_empty_root_gives_an_empty_manifest_with_all_columns(tmp_path: Path) -> None:

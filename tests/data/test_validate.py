@@ -149,7 +149,11 @@ def test_expected_counts_follow_the_params() -> None:
     data = DataConfig(embedded=EmbeddedConfig(n_source=5, n_target_train=3, n_target_val=2))
     assert validate.expected_counts(data, "source") == {"train": 5}
     assert validate.expected_counts(data, "target") == {"train": 3, "val": 2}
-    assert validate.OFFICIAL_COUNTS == {"gta5": {"train": 24966}, "cityscapes": {"train": 2975, "val": 500}}
+    assert validate.OFFICIAL_COUNTS == {
+        "gta5": {"train": 24966},
+        "synthia": {"train": 9400},
+        "cityscapes": {"train": 2975, "val": 500},
+    }
 
 
 def test_duplicate_rows_and_unknown_splits_fail(raw: Path) -> None:

@@ -1,8 +1,13 @@
-"""Datasets over validated manifests: the same classes read the embedded and the real data.
+"""Datasets over manifests: the same classes read the embedded and the real data.
 
-A manifest (written by the ``validate`` stage) lists one image/label pair per row. Labels hold
-Cityscapes label ids (GTA5 palette PNGs and Cityscapes ``*_gtFine_labelIds.png`` alike) and are
-mapped to the 19 training ids here, everything else to ``IGNORE_INDEX``.
+Training, evaluation and export read the *prepared* manifests (:func:`manifest_path`), written by
+the ``prepare`` stage: images already at ``data.<domain>.resize`` and labels as 8-bit Cityscapes
+label ids, whatever the dataset (SYNTHIA's 16-bit class ids are converted once, in ``prepare``).
+Labels are mapped to the 19 training ids here, everything else to ``IGNORE_INDEX``.
+
+The ``label_encoding`` column of a manifest says how its labels hold their ids
+(:data:`dacs_uda.data.formats.LABEL_ENCODINGS`); a manifest without it holds Cityscapes label ids.
+Files whose size differs from the requested size are still resized on load (bicubic / nearest).
 """
 
 from __future__ import annotations
@@ -16,18 +21,43 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dacs_uda.data.formats import (
+    CITYSCAPES_LABEL_ID,
+    LABEL_ENCODINGS,
+    SYNTHIA_ID,
+    read_label_ids,
+    to_train_ids,
+)
 from dacs_uda.data.transforms import normalize, random_crop_box, resize_pair
-from dacs_uda.labels import IGNORE_INDEX, label_id_to_train_id_lut
+from dacs_uda.labels import IGNORE_INDEX
 
-_LUT = label_id_to_train_id_lut()
+DOMAINS = ("source", "target")
+
+
+def manifest_path(params, domain: str) -> Path:
+    """The manifest training, evaluation and export read for ``domain``: the prepared one.
+
+    Args:
+        params: The run's :class:`~dacs_uda.config.Params`.
+        domain: ``"source"`` or ``"target"``.
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    return Path(params.data.prepared) / f"{domain}.csv"
 
 
 def read_manifest(path: str | Path, split: str | None = None) -> pd.DataFrame:
     """Rows of a manifest CSV (optionally one split) with a clear error if it is missing or empty."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `dvc repro validate` to build the manifests")
+        raise FileNotFoundError(
+            f"{path} not found: run `dvc repro prepare` to build it (it runs `dvc repro validate` first)"
+        )
     frame = pd.read_csv(path)
+    encodings = frame["label_encoding"].dropna() if "label_encoding" in frame else []
+    unknown = set(encodings) - set(LABEL_ENCODINGS)
+    if unknown:
+        raise ValueError(f"{path}: unknown label_encoding {sorted(unknown)}; expected {LABEL_ENCODINGS}")
     if split is not None:
         frame = frame[frame["split"] == split]
     if frame.empty:
@@ -36,18 +66,35 @@ def read_manifest(path: str | Path, split: str | None = None) -> pd.DataFrame:
 
 
 def load_pair(
-    image_path: str, label_path: str | None, size: tuple[int, int]
+    image_path: str,
+    label_path: str | None,
+    size: tuple[int, int],
+    label_encoding: str = CITYSCAPES_LABEL_ID,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode, resize to ``size`` (W, H) and map labels to training ids."""
+    """Decode, resize to ``size`` (W, H) and map labels to training ids.
+
+    Args:
+        image_path: Image file.
+        label_path: Label file, or None for images without labels.
+        size: (W, H) to resize to (bicubic image, nearest label; no-op when already that size).
+        label_encoding: How the label file holds its ids (:data:`~dacs_uda.data.formats.LABEL_ENCODINGS`).
+    """
     with Image.open(image_path) as img:
         image = img.convert("RGB")
     label = None
     if label_path is not None:
-        with Image.open(label_path) as lab:
-            # GTA5 labels are palette PNGs: the indices (not the colours) are the label ids.
-            label = lab.copy() if lab.mode in ("P", "L") else lab.convert("L")
+        if label_encoding == SYNTHIA_ID:
+            # 16-bit ids: map first (every SYNTHIA id has a training id < 256), then resize.
+            label = Image.fromarray(to_train_ids(read_label_ids(label_path, SYNTHIA_ID), SYNTHIA_ID), "L")
+        else:
+            with Image.open(label_path) as lab:
+                # GTA5 labels are palette PNGs: the indices (not the colours) are the label ids.
+                label = lab.copy() if lab.mode in ("P", "L") else lab.convert("L")
     image, label = resize_pair(image, label, size)
-    train_ids = None if label is None else _LUT[np.asarray(label, dtype=np.uint8)]
+    train_ids = None
+    if label is not None:
+        ids = np.asarray(label, dtype=np.uint8)
+        train_ids = ids.copy() if label_encoding == SYNTHIA_ID else to_train_ids(ids, label_encoding)
     return np.asarray(image), train_ids
 
 
@@ -68,6 +115,12 @@ class SegmentationDataset(Dataset):
     ) -> None:
         self.images = manifest["image"].tolist()
         self.labels = manifest["label"].tolist() if with_labels else [None] * len(self.images)
+        encodings = manifest["label_encoding"] if "label_encoding" in manifest else None
+        self.encodings = (
+            [e if isinstance(e, str) and e else CITYSCAPES_LABEL_ID for e in encodings.tolist()]
+            if encodings is not None
+            else [CITYSCAPES_LABEL_ID] * len(self.images)
+        )
         self.size, self.crop = tuple(size), None if crop is None else tuple(crop)
 
     def __len__(self) -> int:
@@ -75,7 +128,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, torch.Tensor | str]:
         index, y, x = (key, 0, 0) if isinstance(key, int) else key
-        image, label = load_pair(self.images[index], self.labels[index], self.size)
+        image, label = load_pair(self.images[index], self.labels[index], self.size, self.encodings[index])
         if label is None:
             label = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
         if self.crop is not None and not isinstance(key, int):

@@ -10,6 +10,10 @@ Layouts:
 * ``cityscapes``: ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
   ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` for the ``train`` and ``val`` splits (``test``
   has no public labels and is not used).
+* ``synthia``: ``RGB/NNNNNNN.png`` and ``GT/LABELS/NNNNNNN.png`` (16-bit, class id in the first
+  channel), paired by file name; all rows are ``train``.
+
+The official facts of each format (counts, label encodings, sizes) live in :mod:`dacs_uda.data.formats`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from dacs_uda.data.formats import CITYSCAPES_LABEL_ID, FORMATS, SYNTHIA_ID, png_mode, read_label_ids
+
 log = logging.getLogger(__name__)
 
-FORMATS = ("gta5", "cityscapes")
 CITYSCAPES_SPLITS = ("train", "val")
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
 CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -35,17 +40,24 @@ MANIFEST_COLUMNS = (
     "split", "image", "label",
     "image_width", "image_height", "image_mode",
     "label_width", "label_height", "label_mode", "label_values",
-    "image_ok", "label_ok", "error",
+    "image_ok", "label_ok", "error", "warning", "label_encoding",
 )  # fmt: skip
+
+# Folders that must exist under a root for it to count as a dataset of that format.
+LAYOUT_DIRS: dict[str, tuple[str, ...]] = {
+    "gta5": ("images", "labels"),
+    "synthia": ("RGB", "GT/LABELS"),
+    "cityscapes": ("leftImg8bit/train", "leftImg8bit/val", "gtFine/train", "gtFine/val"),
+}
 
 # (split, image path or "", label path or "")
 Pair = tuple[str, str, str]
 
 
-def _gta5_pairs(root: Path) -> list[Pair]:
-    """Pair ``images/X.png`` with ``labels/X.png`` by file name."""
-    images = {p.name: p for p in (root / "images").glob("*.png")}
-    labels = {p.name: p for p in (root / "labels").glob("*.png")}
+def _by_name_pairs(root: Path, image_dir: str, label_dir: str) -> list[Pair]:
+    """Pair ``<image_dir>/X.png`` with ``<label_dir>/X.png`` by file name (all rows ``train``)."""
+    images = {p.name: p for p in (root / image_dir).glob("*.png")}
+    labels = {p.name: p for p in (root / label_dir).glob("*.png")}
     return [
         ("train", str(images.get(name, "")), str(labels.get(name, "")))
         for name in sorted(images.keys() | labels.keys())
@@ -86,38 +98,60 @@ def find_pairs(fmt: str, root: Path) -> list[Pair]:
         FileNotFoundError: ``root`` is not a folder.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown dataset format {fmt!r}: expected one of {FORMATS}")
+        raise ValueError(f"unknown dataset format {fmt!r}: expected one of {tuple(FORMATS)}")
     if not Path(root).is_dir():
         raise FileNotFoundError(
             f"dataset root {root} ({fmt}) not found: run `dvc repro data` for the embedded pair, "
             "or check the dataset root in params.yaml"
         )
-    return _gta5_pairs(Path(root)) if fmt == "gta5" else _cityscapes_pairs(Path(root))
+    if fmt == "gta5":
+        return _by_name_pairs(Path(root), "images", "labels")
+    if fmt == "synthia":
+        return _by_name_pairs(Path(root), "RGB", "GT/LABELS")
+    return _cityscapes_pairs(Path(root))
+
+
+def missing_layout(fmt: str, root: str | Path) -> list[str]:
+    """The folders of ``fmt``'s official layout that are missing under ``root`` (empty: looks complete)."""
+    return [sub for sub in LAYOUT_DIRS[fmt] if not (Path(root) / sub).is_dir()]
+
+
+def _values_text(array: np.ndarray) -> str:
+    """Sorted unique values of an integer array as ``"0 7 26"``."""
+    if array.dtype in (np.uint8, np.uint16):
+        values = np.flatnonzero(np.bincount(array.ravel()))
+    else:
+        values = np.unique(array)
+    return " ".join(str(v) for v in values.tolist())
 
 
 def _label_values(img: Image.Image) -> str | None:
     """Sorted unique values of a single-band image as ``"0 7 26"`` (None for multi-band images)."""
     if len(img.getbands()) != 1:
         return None
-    array = np.asarray(img)
-    if array.dtype == np.uint8:
-        values = np.flatnonzero(np.bincount(array.ravel(), minlength=256))
-    else:
-        values = np.unique(array)
-    return " ".join(str(v) for v in values.tolist())
+    return _values_text(np.asarray(img))
 
 
-def inspect_file(job: tuple[str, bool]) -> dict[str, Any]:
+def _inspect_png16_label(path: str, info: dict[str, Any]) -> None:
+    """SYNTHIA labels: mode from the PNG header, values of the first channel (decoded losslessly)."""
+    with Image.open(path) as img:  # size only: Pillow would truncate the 16-bit values
+        info.update(width=img.width, height=img.height)
+    info["mode"] = png_mode(path)
+    info["values"] = _values_text(read_label_ids(path, SYNTHIA_ID))
+
+
+def inspect_file(job: tuple[str, bool] | tuple[str, bool, str]) -> dict[str, Any]:
     """Open and fully decode one PNG; never raise.
 
     Args:
-        job: (path, whether to collect the label values).
+        job: (path, whether it is a label, and optionally the label encoding, by default Cityscapes
+            label ids). Labels also get their sorted unique values.
 
     Returns:
         ``width``, ``height``, ``mode`` (from the header, None if unreadable), ``values`` (labels only),
         ``ok`` (fully decoded) and ``error`` ("" if fine).
     """
-    path, want_values = job
+    path, want_values, encoding = (*job, CITYSCAPES_LABEL_ID)[:3]
     info: dict[str, Any] = {
         "width": None,
         "height": None,
@@ -127,6 +161,10 @@ def inspect_file(job: tuple[str, bool]) -> dict[str, Any]:
         "error": "",
     }
     try:
+        if want_values and encoding == SYNTHIA_ID:
+            _inspect_png16_label(path, info)
+            info["ok"] = True
+            return info
         with Image.open(path) as img:
             info.update(width=img.width, height=img.height, mode=img.mode)
             img.load()  # the header alone says nothing about a truncated file
@@ -164,10 +202,19 @@ def _side(path: str, info: dict[str, Any] | None, kind: str, other: str) -> tupl
     return columns, "" if info["ok"] else f"{kind} unreadable: {info['error']}"
 
 
-def _row(pair: Pair, image: dict[str, Any] | None, label: dict[str, Any] | None) -> dict[str, Any]:
+def _row(
+    pair: Pair, image: dict[str, Any] | None, label: dict[str, Any] | None, encoding: str
+) -> dict[str, Any]:
     """One manifest row from a pair and the inspection of its files."""
     split, image_path, label_path = pair
-    row: dict[str, Any] = {"split": split, "image": image_path, "label": label_path, "label_values": None}
+    row: dict[str, Any] = {
+        "split": split,
+        "image": image_path,
+        "label": label_path,
+        "label_values": None,
+        "warning": "",
+        "label_encoding": encoding,
+    }
     image_cols, image_error = _side(image_path, image, "image", label_path)
     label_cols, label_error = _side(label_path, label, "label", image_path)
     row.update(image_cols)
@@ -183,7 +230,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = frame[column].astype("Int64")
     for column in ("image_ok", "label_ok"):
         frame[column] = frame[column].astype(bool)
-    for column in ("split", "image", "label", "error"):
+    for column in ("split", "image", "label", "error", "warning", "label_encoding"):
         frame[column] = frame[column].fillna("").astype(object)
     return frame
 
@@ -192,27 +239,32 @@ def build_manifest(fmt: str, root: Path, workers: int = 2) -> pd.DataFrame:
     """Scan a dataset root and decode every file.
 
     Args:
-        fmt: Dataset layout, ``"gta5"`` or ``"cityscapes"``.
+        fmt: Dataset layout, ``"gta5"``, ``"synthia"`` or ``"cityscapes"``.
         root: Dataset root. Paths in the manifest are built on it as given (relative stays relative).
         workers: Decoding processes (``<= 1``: decode in this process).
 
     Returns:
         One row per pair (or lone file) with the columns :data:`MANIFEST_COLUMNS`. A missing side has
-        ``""`` as path, empty size/mode and ``*_ok`` False; ``error`` says what is wrong ("" if fine).
+        ``""`` as path, empty size/mode and ``*_ok`` False; ``error`` says what is wrong ("" if fine);
+        ``warning`` is filled in by validation; ``label_encoding`` names how labels hold their ids.
 
     Raises:
         ValueError: ``fmt`` is not a known layout.
         FileNotFoundError: ``root`` is not a folder.
     """
     pairs = find_pairs(fmt, Path(root))
+    encoding = FORMATS[fmt].label_encoding
     jobs = [
-        (path, is_label)
+        (path, is_label, encoding)
         for _, image, label in pairs
         for path, is_label in ((image, False), (label, True))
         if path
     ]
-    infos = dict(zip(jobs, _inspect_all(jobs, workers, f"decode {fmt} ({root})"), strict=True))
-    rows = [_row(p, infos.get((p[1], False)), infos.get((p[2], True))) for p in pairs]
+    infos = {
+        job[:2]: info
+        for job, info in zip(jobs, _inspect_all(jobs, workers, f"decode {fmt} ({root})"), strict=True)
+    }
+    rows = [_row(p, infos.get((p[1], False)), infos.get((p[2], True)), encoding) for p in pairs]
     frame = _frame(rows)
     log.info(
         "%s manifest of %s: %d rows, %d with problems",

@@ -2,7 +2,14 @@
 
 For each domain, :func:`~dacs_uda.data.manifest.build_manifest` decodes every file, and a suite of
 expectations (:func:`build_suite`) runs over the manifest table: files readable, no missing pair,
-image size equal to label size, label mode and ids, RGB(A) images, unique paths, rows per split.
+image size equal to label size, label mode and ids, RGB(A) images, unique paths, rows per split
+(the official counts for real data: GTA5 24,966, SYNTHIA 9,400, Cityscapes 2,975 + 500).
+
+Known defects of the official releases (:data:`dacs_uda.data.formats.GTA5_KNOWN_DEFECTS`: GTA5 frames
+whose image and label sizes differ, missing pairs) are *warnings*: listed by file in the report and
+counted in the metrics, never silently dropped. A row without a label or image is left out of the
+manifest; a size mismatch is kept (``prepare`` resizes image and label to the same size, as the
+official loader does). Every other failed check fails the stage.
 
 Outputs: ``<data.manifests>/source.csv`` and ``target.csv`` (written only when *both* datasets pass,
 so later stages never see a half-valid dataset), ``reports/validation.md`` (what failed, which files,
@@ -27,6 +34,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column
 
 from dacs_uda.config import ConfigError, DataConfig, DomainConfig, load_params
+from dacs_uda.data.formats import FORMATS
 from dacs_uda.data.manifest import build_manifest
 from dacs_uda.labels import MAX_LABEL_ID
 from dacs_uda.utils.io import write_json, write_text
@@ -39,17 +47,24 @@ METRICS_PATH = Path("metrics/validation.json")
 DATASETS = ("source", "target")
 MAX_REPORTED_FILES = 500  # report table rows; the count of all bad files is always given
 
-# Official dataset sizes, used for real (non-embedded) data pairs.
-OFFICIAL_COUNTS: dict[str, dict[str, int]] = {
-    "gta5": {"train": 24966},
-    "cityscapes": {"train": 2975, "val": 500},
-}
+# Official dataset sizes, used for real (non-embedded) data pairs unless `data.<domain>.counts` is set.
+OFFICIAL_COUNTS: dict[str, dict[str, int]] = {name: dict(f.counts) for name, f in FORMATS.items()}
 
 FIX_REGENERATE = "regenerate with `dvc repro -f data` (real data: re-extract the official archive)"
 FIX_ROOT = "check the dataset root and format in params.yaml, then `dvc repro -f data`"
-# One label id: 0..MAX_LABEL_ID (33), written without leading zeros.
-_LABEL_ID = "(?:" + "|".join(str(i) for i in range(MAX_LABEL_ID, -1, -1)) + ")"
-LABEL_VALUES_REGEX = rf"^{_LABEL_ID}(?: {_LABEL_ID})*$"
+FIX_COUNTS = FIX_ROOT + "; a deliberate subset of a real dataset needs its counts in `data.<domain>.counts`"
+# What happens to a row that only triggers a warning (a known defect of the official data).
+KEPT_RESIZED = "kept: prepare resizes image and label to the same size (as the official loader)"
+DROPPED = "left out of the manifest"
+
+
+def label_values_regex(max_id: int) -> str:
+    """A space-separated list of label ids in 0..``max_id``, written without leading zeros."""
+    one = "(?:" + "|".join(str(i) for i in range(max_id, -1, -1)) + ")"
+    return rf"^{one}(?: {one})*$"
+
+
+LABEL_VALUES_REGEX = label_values_regex(MAX_LABEL_ID)
 
 
 def expected_counts(data: DataConfig, domain: str) -> dict[str, int]:
@@ -67,7 +82,10 @@ def expected_counts(data: DataConfig, domain: str) -> dict[str, int]:
         if domain == "source":
             return {"train": emb.n_source}
         return {"train": emb.n_target_train, "val": emb.n_target_val}
-    return dict(OFFICIAL_COUNTS[getattr(data, domain).format])
+    cfg: DomainConfig = getattr(data, domain)
+    if cfg.counts is not None:
+        return dict(cfg.counts)
+    return dict(OFFICIAL_COUNTS[cfg.format])
 
 
 def _meta(check: str, side: str, fix: str) -> dict[str, str]:
@@ -75,9 +93,16 @@ def _meta(check: str, side: str, fix: str) -> dict[str, str]:
     return {"check": check, "side": side, "fix": fix}
 
 
-def _file_expectations() -> list[gxe.Expectation]:
-    """Per-row expectations: presence, decodability, modes, label ids, sizes, uniqueness."""
-    return [
+def _file_expectations(fmt: str = "gta5", known_defects: bool = False) -> list[gxe.Expectation]:
+    """Per-row expectations: presence, decodability, modes, label ids, sizes, uniqueness.
+
+    With ``known_defects`` (real data), checks named in the format's ``warn_only`` (known defects of
+    the official release) get severity ``warning``: reported, but they do not fail the stage. The
+    embedded pair is generated, so there every check is fatal.
+    """
+    spec = FORMATS[fmt]
+    label_ids = "Cityscapes label ids" if spec.max_label_id == MAX_LABEL_ID else "SYNTHIA class ids"
+    checks = [
         gxe.ExpectColumnValuesToNotBeNull(
             column="image", meta=_meta("image present", "image", FIX_REGENERATE)
         ),
@@ -94,15 +119,17 @@ def _file_expectations() -> list[gxe.Expectation]:
             column="image_mode", value_set=["RGB", "RGBA"], meta=_meta("image is RGB(A)", "image", FIX_ROOT)
         ),
         gxe.ExpectColumnValuesToBeInSet(
-            column="label_mode", value_set=["P", "L"], meta=_meta("label mode P or L", "label", FIX_ROOT)
+            column="label_mode",
+            value_set=list(spec.label_modes),
+            meta=_meta(spec.label_mode_check, "label", FIX_ROOT),
         ),
         gxe.ExpectColumnValuesToMatchRegex(
             column="label_values",
-            regex=LABEL_VALUES_REGEX,
+            regex=label_values_regex(spec.max_label_id),
             meta=_meta(
-                f"label ids in 0..{MAX_LABEL_ID}",
+                f"label ids in 0..{spec.max_label_id}",
                 "label",
-                FIX_ROOT + " (labels must hold Cityscapes label ids)",
+                FIX_ROOT + f" (labels must hold {label_ids})",
             ),
         ),
         *(
@@ -116,6 +143,10 @@ def _file_expectations() -> list[gxe.Expectation]:
         ),
         gxe.ExpectColumnValuesToBeUnique(column="image", meta=_meta("unique image paths", "image", FIX_ROOT)),
     ]
+    for check in checks:
+        if known_defects and check.meta["check"] in spec.warn_only:
+            check.severity = "warning"
+    return checks
 
 
 def _split_expectations(expected: dict[str, int]) -> list[gxe.Expectation]:
@@ -130,24 +161,29 @@ def _split_expectations(expected: dict[str, int]) -> list[gxe.Expectation]:
             gxe.ExpectTableRowCountToEqual(
                 value=count,
                 row_condition=Column("split") == split,
-                meta=_meta(f"rows in {split}", "table", FIX_ROOT),
+                meta=_meta(f"rows in {split}", "table", FIX_COUNTS),
             )
         )
     return checks
 
 
-def build_suite(name: str, expected: dict[str, int]) -> gx.ExpectationSuite:
+def build_suite(
+    name: str, expected: dict[str, int], fmt: str = "gta5", known_defects: bool = False
+) -> gx.ExpectationSuite:
     """The expectation suite for one dataset manifest.
 
     Args:
         name: Suite name.
         expected: Split -> expected number of rows (see :func:`expected_counts`).
+        fmt: Dataset format (label modes and ids, known defects).
+        known_defects: Let the format's known defects only warn (real data).
 
     Returns:
         A suite whose expectations carry ``meta`` = {check, side, fix} for the report.
     """
     # Passed to the constructor: `add_expectation` would need an active context to save into.
-    return gx.ExpectationSuite(name=name, expectations=_file_expectations() + _split_expectations(expected))
+    expectations = _file_expectations(fmt, known_defects) + _split_expectations(expected)
+    return gx.ExpectationSuite(name=name, expectations=expectations)
 
 
 def ge_frame(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -181,6 +217,12 @@ class CheckResult:
     side: str
     fix: str
     detail: str = ""  # observed vs expected, for table checks
+    warning: bool = False  # a known defect of the official data: reported, never fatal
+
+    @property
+    def fatal(self) -> bool:
+        """Whether this outcome fails the dataset."""
+        return not self.success and not self.warning
 
 
 @dataclass
@@ -196,22 +238,51 @@ class DatasetResult:
 
     @property
     def success(self) -> bool:
-        """Whether every check passed."""
-        return all(c.success for c in self.checks)
+        """Whether every check passed (warnings do not count against it)."""
+        return not any(c.fatal for c in self.checks)
 
-    def bad_files(self) -> list[tuple[str, str, str]]:
-        """(file, problem, fix) for every failing row and check, without repeats."""
+    def _files(self, warnings: bool) -> list[tuple[str, str, str]]:
         found: dict[tuple[str, str], str] = {}
         for check in self.checks:
+            if check.warning != warnings:
+                continue
             for index in check.rows:
                 row = self.manifest.loc[index]
-                found.setdefault((blamed_file(row, check.side), describe_problem(row, check)), check.fix)
+                outcome = check.fix if not warnings else _warning_outcome(row)
+                found.setdefault((blamed_file(row, check.side), describe_problem(row, check)), outcome)
         return [(file, problem, fix) for (file, problem), fix in found.items()]
 
+    def bad_files(self) -> list[tuple[str, str, str]]:
+        """(file, problem, fix) for every row failing a fatal check, without repeats."""
+        return self._files(warnings=False)
+
+    def warning_files(self) -> list[tuple[str, str, str]]:
+        """(file, problem, what the pipeline does with it) for every row with a known defect."""
+        return self._files(warnings=True)
+
     def passed_rows(self) -> pd.DataFrame:
-        """Manifest rows that no check blamed."""
-        bad = {index for check in self.checks for index in check.rows}
-        return self.manifest.drop(index=sorted(bad))
+        """Manifest rows usable for training: none blamed by a fatal check, none missing a side.
+
+        Rows with a warning that are kept carry its text in the ``warning`` column.
+        """
+        bad = {index for check in self.checks if not check.warning for index in check.rows}
+        notes: dict[int, list[str]] = {}
+        for check in self.checks:
+            if check.warning:
+                for index in check.rows:
+                    notes.setdefault(index, []).append(describe_problem(self.manifest.loc[index], check))
+        incomplete = set(self.manifest.index[(self.manifest["image"] == "") | (self.manifest["label"] == "")])
+        rows = self.manifest.drop(index=sorted(bad | incomplete)).copy()
+        if "warning" in rows.columns:
+            rows["warning"] = [
+                "; ".join(dict.fromkeys(notes.get(index, []))) for index in rows.index.tolist()
+            ]
+        return rows
+
+
+def _warning_outcome(row: pd.Series) -> str:
+    """What the pipeline does with a row that has a known defect."""
+    return DROPPED if row["image"] == "" or row["label"] == "" else KEPT_RESIZED
 
 
 def blamed_file(row: pd.Series, side: str) -> str:
@@ -237,13 +308,16 @@ def describe_problem(row: pd.Series, check: CheckResult) -> str:
             f"image {row['image_width']}x{row['image_height']} but label "
             f"{row['label_width']}x{row['label_height']} ({row['label']})"
         )
-    if name.startswith("label ids"):
-        bad = [v for v in str(row["label_values"]).split() if not (v.isdigit() and int(v) <= MAX_LABEL_ID)]
-        return f"label ids outside 0..{MAX_LABEL_ID}: {' '.join(bad)}"
+    if name.startswith("label ids in 0.."):
+        top = int(name.rsplit("..", 1)[1])
+        bad = [v for v in str(row["label_values"]).split() if not (v.isdigit() and int(v) <= top)]
+        return f"label ids outside 0..{top}: {' '.join(bad)}"
     if name == "image is RGB(A)":
         return f"image mode {row['image_mode']}, expected RGB or RGBA"
     if name == "label mode P or L":
         return f"label mode {row['label_mode']}, expected P (GTA5 palette) or L (8-bit)"
+    if name == FORMATS["synthia"].label_mode_check:
+        return f"label is a {row['label_mode']} PNG, expected 16-bit (SYNTHIA GT/LABELS)"
     if name == "unique image paths":
         return "image listed more than once"
     if name == "known splits":
@@ -270,6 +344,7 @@ def _check_result(raw: Any) -> CheckResult:
         side=meta.get("side", "image"),
         fix=meta.get("fix", FIX_ROOT),
         detail=detail,
+        warning=str(getattr(config, "severity", "critical")).lower().endswith("warning"),
     )
 
 
@@ -289,7 +364,12 @@ def run_suite(manifest: pd.DataFrame, suite: gx.ExpectationSuite) -> Expectation
 
 
 def validate_dataset(
-    name: str, fmt: str, root: str | Path, manifest: pd.DataFrame, expected: dict[str, int]
+    name: str,
+    fmt: str,
+    root: str | Path,
+    manifest: pd.DataFrame,
+    expected: dict[str, int],
+    known_defects: bool = False,
 ) -> DatasetResult:
     """Run the suite on one manifest.
 
@@ -299,11 +379,12 @@ def validate_dataset(
         root: Dataset root the manifest was built from.
         manifest: Output of :func:`~dacs_uda.data.manifest.build_manifest`.
         expected: Split -> expected number of rows.
+        known_defects: Real data: the format's known defects only warn (see :func:`build_suite`).
 
     Returns:
         The per-check outcome, in suite order.
     """
-    suite = build_suite(f"{name}-{fmt}", expected)
+    suite = build_suite(f"{name}-{fmt}", expected, fmt, known_defects)
     order = [e.meta["check"] for e in suite.expectations]
     outcome = run_suite(manifest, suite)
     checks = sorted((_check_result(r) for r in outcome.results), key=lambda c: order.index(c.check))
@@ -322,7 +403,10 @@ def summarize(results: list[DatasetResult]) -> dict[str, Any]:
             },
             "expected_rows_per_split": r.expected,
             "bad_files": len(r.bad_files()),
-            "failures": {c.check: c.failures for c in r.checks},
+            "warning_files": len(r.warning_files()),
+            "manifest_rows": len(r.passed_rows()) if r.success else 0,
+            "failures": {c.check: 0 if c.warning else c.failures for c in r.checks},
+            "warnings": {c.check: c.failures for c in r.checks if c.warning},
         }
     return summary
 
@@ -346,8 +430,12 @@ def _report_dataset(r: DatasetResult) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for c in r.checks:
-        fix = "" if c.success else c.fix
-        status = "pass" if c.success else "**FAIL**"
+        fix = (
+            ""
+            if c.success
+            else ("known defect of the official data: see the warnings" if c.warning else c.fix)
+        )
+        status = "pass" if c.success else ("warning" if c.warning else "**FAIL**")
         lines.append(
             f"| {_md_cell(c.check)} | {status} | {c.failures} | {_md_cell(c.detail)} | {_md_cell(fix)} |"
         )
@@ -359,6 +447,23 @@ def _report_dataset(r: DatasetResult) -> list[str]:
         ]
         if len(bad) > MAX_REPORTED_FILES:
             lines.append(f"\n... and {len(bad) - MAX_REPORTED_FILES} more.")
+    warned = r.warning_files()
+    if warned:
+        lines += [
+            "",
+            f"### Warnings: known defects of the official {FORMATS[r.fmt].title} data "
+            f"({len(warned)} file{'s' if len(warned) != 1 else ''})",
+            "",
+            "Not fatal. Each file is listed with what the pipeline does with it.",
+            "",
+            "| file | problem | outcome |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| `{_md_cell(f)}` | {_md_cell(p)} | {_md_cell(x)} |" for f, p, x in warned[:MAX_REPORTED_FILES]
+        ]
+        if len(warned) > MAX_REPORTED_FILES:
+            lines.append(f"\n... and {len(warned) - MAX_REPORTED_FILES} more.")
     return lines + [""]
 
 
@@ -390,7 +495,7 @@ def failure_message(results: list[DatasetResult], report: Path, limit: int = 20)
         f"{r.name}: {c.check} ({c.detail})"
         for r in results
         for c in r.checks
-        if c.side == "table" and not c.success
+        if c.side == "table" and c.fatal
     ]
     more = f" ... and {len(bad) - limit} more" if len(bad) > limit else ""
     parts = [f"{len(bad)} bad files: " + "; ".join(bad[:limit]) + more] if bad else []
@@ -412,9 +517,9 @@ def validate_data(data: DataConfig, workers: int = 2) -> list[DatasetResult]:
     for name in DATASETS:
         domain: DomainConfig = getattr(data, name)
         manifest = build_manifest(domain.format, Path(domain.root), workers)
-        results.append(
-            validate_dataset(name, domain.format, domain.root, manifest, expected_counts(data, name))
-        )
+        expected = expected_counts(data, name)
+        real = data.pair != "embedded"
+        results.append(validate_dataset(name, domain.format, domain.root, manifest, expected, real))
     return results
 
 

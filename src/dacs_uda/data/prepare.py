@@ -1,0 +1,353 @@
+"""Stage ``prepare``: resize every validated pair once and cache it, so training never decodes a
+full-size PNG per step.
+
+Input: the validated manifests ``<data.manifests>/{source,target}.csv`` (stage ``validate``).
+Output, under ``data.prepared``:
+
+* ``<domain>/images/<split>/<stem>.png`` and ``<domain>/labels/<split>/<stem>.png``;
+* ``<domain>.csv``: the manifest that training, evaluation and export read
+  (:func:`dacs_uda.data.datasets.manifest_path`), with columns :data:`PREPARED_COLUMNS`.
+
+Recipe (the official DACS loaders', done once instead of every step):
+
+* image: RGB, resized to ``data.<domain>.resize`` with the format's filter (bicubic for GTA5 and
+  SYNTHIA, bilinear for Cityscapes); an image already at that size is copied byte for byte;
+* label: nearest-neighbour resize, written as an **8-bit PNG of Cityscapes label ids** for every
+  dataset (GTA5 palette indices and Cityscapes label ids are kept; SYNTHIA's 16-bit class ids go
+  through the training-id table to the matching Cityscapes id, ignored ids to 0 "unlabeled"). So
+  training does one thing for every dataset: label id -> training id with one 256-entry table.
+
+Resumable and atomic: every file is written under a temporary name and renamed, so a half-written
+file never counts; ``<domain>/index.json`` records the recipe and the source file (size, mtime) each
+output came from, and a rerun keeps every output whose record still matches and whose PNG header has
+the right size. Outputs no longer in the manifest are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from dacs_uda.config import ConfigError, Params, load_params
+from dacs_uda.data.datasets import DOMAINS, manifest_path, read_manifest
+from dacs_uda.data.formats import (
+    CITYSCAPES_LABEL_ID,
+    FORMATS,
+    SYNTHIA_ID,
+    png_header,
+    read_label_ids,
+    to_train_ids,
+)
+from dacs_uda.labels import train_id_to_label_id_lut
+from dacs_uda.utils.io import write_text
+from dacs_uda.utils.logging import setup_logging
+
+log = logging.getLogger(__name__)
+
+RECIPE_VERSION = 1
+PNG_COMPRESS_LEVEL = 1  # fast to write; decoding speed barely depends on the level
+INDEX_NAME = "index.json"
+SAVE_INDEX_EVERY = 256  # completed files between index checkpoints (what an interruption can lose)
+PREPARED_COLUMNS = (
+    "split", "image", "label", "label_encoding", "width", "height", "raw_image", "raw_label", "warning",
+)  # fmt: skip
+_RESAMPLE_NAMES = {Image.BICUBIC: "bicubic", Image.BILINEAR: "bilinear", Image.NEAREST: "nearest"}
+
+
+class PrepareError(RuntimeError):
+    """Some files could not be prepared (the message names them)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pair to prepare: where it comes from, where it goes, and how."""
+
+    key: str  # "<split>/<stem>", unique within a domain
+    image: str
+    label: str
+    image_out: str
+    label_out: str
+    size: tuple[int, int]  # W, H
+    resample: int
+    encoding: str  # label encoding of the source label
+
+
+def recipe(fmt: str, size: tuple[int, int]) -> dict[str, Any]:
+    """Everything that decides the content of a prepared file (a change invalidates the cache)."""
+    return {
+        "version": RECIPE_VERSION,
+        "format": fmt,
+        "size": list(size),
+        "image": _RESAMPLE_NAMES[FORMATS[fmt].image_resample],
+        "label": "nearest",
+        "label_encoding": CITYSCAPES_LABEL_ID,
+    }
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    """Write ``img`` as PNG under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        img.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _copy(src: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_TO_LABEL_ID = train_id_to_label_id_lut()
+
+
+def prepared_label_ids(path: str, encoding: str) -> np.ndarray:
+    """The label as 8-bit Cityscapes label ids (the prepared encoding)."""
+    ids = read_label_ids(path, encoding)
+    if encoding == SYNTHIA_ID:
+        return _TO_LABEL_ID[to_train_ids(ids, SYNTHIA_ID)]  # ignore (255) -> 0, "unlabeled"
+    return ids.astype(np.uint8, copy=False)
+
+
+def prepare_one(job: Job) -> str:
+    """Prepare one pair; return "" or the error (never raises, so one bad file cannot stop the rest)."""
+    try:
+        with Image.open(job.image) as img:
+            if img.size == job.size and img.mode == "RGB" and img.format == "PNG":
+                image = None
+            else:
+                image = img.convert("RGB")
+        if image is None:
+            _copy(job.image, Path(job.image_out))
+        else:
+            if image.size != job.size:
+                image = image.resize(job.size, job.resample)
+            _save_png(image, Path(job.image_out))
+        label = Image.fromarray(prepared_label_ids(job.label, job.encoding), "L")
+        if label.size != job.size:
+            label = label.resize(job.size, Image.NEAREST)
+        _save_png(label, Path(job.label_out))
+        return ""
+    except Exception as err:  # noqa: BLE001 - reported with the file name by the caller
+        return f"{type(err).__name__}: {err}"
+
+
+def _stat(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _output_ok(path: str, size: tuple[int, int]) -> bool:
+    try:
+        width, height, _, _ = png_header(path)
+    except (OSError, ValueError):
+        return False
+    return (width, height) == tuple(size)
+
+
+def _load_index(folder: Path, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The index of ``folder`` if it was written with the same recipe, else an empty one."""
+    try:
+        index = json.loads((folder / INDEX_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return index.get("files", {}) if index.get("recipe") == wanted else {}
+
+
+def _save_index(folder: Path, wanted: dict[str, Any], files: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / INDEX_NAME, json.dumps({"recipe": wanted, "files": files}, sort_keys=True) + "\n")
+
+
+def _jobs(rows: pd.DataFrame, fmt: str, folder: Path, size: tuple[int, int]) -> list[Job]:
+    spec = FORMATS[fmt]
+    jobs, seen = [], set()
+    for split, image, label in zip(rows["split"], rows["image"], rows["label"], strict=True):
+        stem = Path(image).stem
+        key = f"{split}/{stem}"
+        if key in seen:
+            raise PrepareError(f"two {fmt} rows would both be prepared as {key}: {image}")
+        seen.add(key)
+        jobs.append(
+            Job(
+                key=key,
+                image=str(image),
+                label=str(label),
+                image_out=str(folder / "images" / split / f"{stem}.png"),
+                label_out=str(folder / "labels" / split / f"{stem}.png"),
+                size=tuple(size),
+                resample=spec.image_resample,
+                encoding=spec.label_encoding,
+            )
+        )
+    return jobs
+
+
+def _remove_stale(folder: Path, jobs: list[Job]) -> int:
+    """Delete files under ``folder``'s images/labels that no job produces (and leftover temporaries)."""
+    keep = {os.path.abspath(p) for job in jobs for p in (job.image_out, job.label_out)}
+    removed = 0
+    for sub in ("images", "labels"):
+        for path in (folder / sub).rglob("*") if (folder / sub).is_dir() else []:
+            if path.is_file() and os.path.abspath(path) not in keep:
+                path.unlink()
+                removed += 1
+    return removed
+
+
+@dataclass
+class DomainStats:
+    rows: int
+    written: int
+    reused: int
+    removed: int
+    seconds: float
+
+
+def prepare_domain(
+    rows: pd.DataFrame, fmt: str, folder: str | Path, size: tuple[int, int], workers: int = 2
+) -> tuple[pd.DataFrame, DomainStats]:
+    """Prepare every row of a validated manifest into ``folder``.
+
+    Args:
+        rows: Validated manifest (columns ``split``, ``image``, ``label``; optional ``warning``).
+        fmt: Dataset format of the rows.
+        folder: Output folder of this domain (``<data.prepared>/<domain>``).
+        size: (W, H) to resize to.
+        workers: Processes (``<= 1``: in this process).
+
+    Returns:
+        The prepared manifest (columns :data:`PREPARED_COLUMNS`) and what was done.
+
+    Raises:
+        PrepareError: Some files could not be prepared; the message names them. Everything that was
+            prepared is kept (and recorded), so a rerun only redoes the failures.
+    """
+    start = time.perf_counter()
+    folder = Path(folder)
+    wanted = recipe(fmt, tuple(size))
+    jobs = _jobs(rows, fmt, folder, tuple(size))
+    previous = _load_index(folder, wanted)
+    files: dict[str, Any] = {}
+    todo: list[Job] = []
+    for job in jobs:
+        stats = _stat(job.image) + _stat(job.label)
+        if (
+            previous.get(job.key) == stats
+            and _output_ok(job.image_out, job.size)
+            and _output_ok(job.label_out, job.size)
+        ):
+            files[job.key] = stats
+        else:
+            todo.append(job)
+    reused = len(jobs) - len(todo)
+    failures: list[str] = []
+    progress = tqdm(total=len(todo), desc=f"prepare {fmt} -> {folder}", unit="pair", mininterval=2.0)
+
+    def consume(results) -> None:
+        for done, (job, error) in enumerate(zip(todo, results, strict=True), start=1):
+            if error:
+                failures.append(f"{job.image} / {job.label}: {error}")
+            else:
+                files[job.key] = _stat(job.image) + _stat(job.label)
+            progress.update()
+            if done % SAVE_INDEX_EVERY == 0:
+                _save_index(folder, wanted, files)
+
+    try:
+        if workers <= 1 or len(todo) < 2:
+            consume(map(prepare_one, todo))
+        else:
+            chunk = max(1, min(16, len(todo) // (workers * 8)))
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                consume(pool.map(prepare_one, todo, chunksize=chunk))
+    finally:
+        progress.close()
+        _save_index(folder, wanted, files)
+    if failures:
+        more = f" ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        shown = "; ".join(failures[:20]) + more
+        raise PrepareError(f"{len(failures)} {fmt} pairs could not be prepared: {shown}")
+    removed = _remove_stale(folder, jobs)
+    warnings = [w if isinstance(w, str) else "" for w in rows.get("warning", pd.Series([""] * len(jobs)))]
+    prepared = pd.DataFrame(
+        {
+            "split": [job.key.split("/", 1)[0] for job in jobs],
+            "image": [job.image_out for job in jobs],
+            "label": [job.label_out for job in jobs],
+            "label_encoding": CITYSCAPES_LABEL_ID,
+            "width": size[0],
+            "height": size[1],
+            "raw_image": [job.image for job in jobs],
+            "raw_label": [job.label for job in jobs],
+            "warning": warnings,
+        },
+        columns=list(PREPARED_COLUMNS),
+    )
+    stats = DomainStats(len(jobs), len(todo), reused, removed, time.perf_counter() - start)
+    return prepared, stats
+
+
+def prepare_data(params: Params, workers: int = 2) -> dict[str, DomainStats]:
+    """Prepare both domains and write their manifests (each atomically, after all files are done)."""
+    out: dict[str, DomainStats] = {}
+    manifests: dict[str, pd.DataFrame] = {}
+    for domain in DOMAINS:
+        cfg = getattr(params.data, domain)
+        rows = read_manifest(Path(params.data.manifests) / f"{domain}.csv")
+        folder = Path(params.data.prepared) / domain
+        manifests[domain], out[domain] = prepare_domain(rows, cfg.format, folder, tuple(cfg.resize), workers)
+        log.info("prepared %s (%s): %s", domain, cfg.format, asdict(out[domain]))
+    for domain, frame in manifests.items():
+        write_text(manifest_path(params, domain), frame.to_csv(index=False))
+    return out
+
+
+def main() -> int:
+    """Run the stage; exit code 1 (naming the files) when something cannot be prepared."""
+    setup_logging()
+    start = time.perf_counter()
+    try:
+        params = load_params()
+        stats = prepare_data(params, workers=min(8, os.cpu_count() or 1))
+    except (ConfigError, FileNotFoundError, ValueError, PrepareError) as err:
+        log.error("prepare: %s", err)
+        return 1
+    seconds = time.perf_counter() - start
+    written = sum(s.written for s in stats.values())
+    log.info(
+        "prepare done in %.1f s: %d pairs written (%.1f pairs/s), %d reused; manifests in %s",
+        seconds,
+        written,
+        written / max(seconds, 1e-9),
+        sum(s.reused for s in stats.values()),
+        params.data.prepared,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
