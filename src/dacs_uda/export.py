@@ -6,7 +6,9 @@ input resolution; batch, height and width are dynamic. Its ``metadata_props`` ca
 needs (class names, palette, normalisation) and where the weights came from (lineage).
 
 The model only lands at ``params.export.onnx`` if it matches PyTorch on real target-val images at two
-spatial sizes; the numbers go to ``params.export.metrics`` either way.
+spatial sizes; the numbers go to ``params.export.metrics`` either way. A float16 copy for GPU deployment
+(float32 input and output, float16 weights and arithmetic inside) goes to ``params.export.fp16_onnx``
+under a looser gate (argmax agreement only: fp16 logits differ from fp32 ones by design).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import torch
 from torch import nn
 
 from dacs_uda.config import Params, load_params
-from dacs_uda.data.datasets import load_pair, read_manifest
+from dacs_uda.data.datasets import load_pair, manifest_path, read_manifest
 from dacs_uda.data.transforms import IMG_MEAN_BGR, normalize
-from dacs_uda.labels import CLASS_NAMES, PALETTE
+from dacs_uda.labels import CLASS_NAMES, PALETTE, TRAIN_ID_TO_LABEL_ID
 from dacs_uda.models.deeplabv2 import FullResolution
 from dacs_uda.utils.checkpoint import load_model
 from dacs_uda.utils.io import atomic_path, write_json
@@ -54,7 +56,12 @@ def exporter_name(dynamo: bool) -> str:
 
 
 def onnx_metadata(
-    num_classes: int, opset: int, dynamo: bool, source_lineage: dict[str, Any]
+    num_classes: int,
+    opset: int,
+    dynamo: bool,
+    source_lineage: dict[str, Any],
+    eval_size: list[int] | tuple[int, int] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, str]:
     """The ``metadata_props`` that make the ONNX file self-describing.
 
@@ -63,6 +70,9 @@ def onnx_metadata(
         opset: The ai.onnx opset the model is exported with.
         dynamo: Which exporter is used (recorded, not acted on).
         source_lineage: The checkpoint's ``lineage`` (git revision, params hash, seeds, data pair).
+        eval_size: (W, H) the model is evaluated at (``data.target.resize``); ``dacs-uda predict
+            --resize auto`` scales images to its height.
+        precision: ``fp32`` or ``fp16`` (weights and arithmetic; input and output stay float32).
 
     Returns:
         String keys to string values (JSON for structured values).
@@ -78,18 +88,25 @@ def onnx_metadata(
         "layout": "NCHW",
         "dtype": "float32",
     }
-    return {
+    meta = {
         "class_names": json.dumps(list(CLASS_NAMES)),
         "palette": json.dumps([list(color) for color in PALETTE]),
+        "label_ids": json.dumps(list(TRAIN_ID_TO_LABEL_ID)),
         "normalisation": json.dumps(normalisation),
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "num_classes": str(num_classes),
+        "precision": precision,
         "exporter": exporter_name(dynamo),
         "opset": str(opset),
         "torch_version": torch.__version__,
+        "git_revision": str(source_lineage.get("git_revision", "unknown")),
+        "params_hash": str(source_lineage.get("params_hash", "unknown")),
         "lineage": json.dumps(source_lineage, sort_keys=True),
     }
+    if eval_size is not None:
+        meta["eval_size"] = json.dumps([int(v) for v in eval_size])
+    return meta
 
 
 def export_onnx(
@@ -154,6 +171,34 @@ def export_onnx(
         onnx.save(proto, str(tmp))
     size = Path(path).stat().st_size
     logger.info("exported %s (%s, opset %d, %d bytes)", Path(path).name, exporter_name(dynamo), opset, size)
+
+
+def convert_fp16(source: str | Path, path: str | Path) -> None:
+    """Write a float16 copy of the ONNX model ``source`` to ``path`` (atomically), and check it.
+
+    Weights and arithmetic become float16; the ``image`` input and ``logits`` output stay float32, so
+    callers do not change. The final Resize is converted too: onnxconverter-common keeps block-listed
+    ops in float32 with casts around them, and for an op that produces a graph output those casts
+    leave the output float16 despite ``keep_io_types``.
+    """
+    from onnxconverter_common import float16
+
+    proto = onnx.load(str(source))
+    block = [op for op in float16.DEFAULT_OP_BLOCK_LIST if op != "Resize"]
+    with warnings.catch_warnings():
+        # It warns for every weight outside the float16 range that it clamps; parity below is the check.
+        warnings.simplefilter("ignore", UserWarning)
+        half = float16.convert_float_to_float16(proto, keep_io_types=True, op_block_list=block)
+    for prop in half.metadata_props:
+        if prop.key == "precision":
+            prop.value = "fp16"
+    types = [v.type.tensor_type.elem_type for v in (*half.graph.input, *half.graph.output)]
+    if any(t != onnx.TensorProto.FLOAT for t in types):
+        raise ValueError(f"the fp16 model's input/output are not float32 (element types {types})")
+    onnx.checker.check_model(half, full_check=True)
+    with atomic_path(path) as tmp:
+        onnx.save(half, str(tmp))
+    logger.info("fp16 copy %s (%d bytes)", Path(path).name, Path(path).stat().st_size)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -235,33 +280,43 @@ def export_and_verify(model: nn.Module, params: Params, source_lineage: dict[str
         ParityError: Parity failed (the metrics are written, the ONNX file is not).
     """
     cfg = params.export
-    manifest = Path(params.data.manifests) / "target.csv"
+    manifest = manifest_path(params, "target")
     batches = [load_images(manifest, size) for size in parity_sizes(params.data.target.resize)]
     with torch.no_grad():
         num_classes = int(model(torch.zeros(1, 3, 32, 32)).shape[1])
-    metadata = onnx_metadata(num_classes, cfg.opset, cfg.dynamo, source_lineage)
-    resize_w, resize_h = params.data.target.resize
-    with atomic_path(cfg.onnx) as staged:
+    resize = params.data.target.resize
+    metadata = onnx_metadata(num_classes, cfg.opset, cfg.dynamo, source_lineage, eval_size=resize)
+    with atomic_path(cfg.onnx) as staged, atomic_path(cfg.fp16_onnx) as staged_fp16:
         start = time.perf_counter()
-        export_onnx(model, staged, cfg.opset, cfg.dynamo, metadata, example_size=(resize_h, resize_w))
+        export_onnx(model, staged, cfg.opset, cfg.dynamo, metadata, example_size=(resize[1], resize[0]))
         seconds = time.perf_counter() - start
         session = cpu_session(staged)
         summary = summarise(
             [parity(model, session, b) for b in batches], cfg.parity_atol, cfg.min_argmax_agreement
         )
+        convert_fp16(staged, staged_fp16)
+        # float16 logits differ from float32 ones by design: only the predicted classes are gated.
+        session = cpu_session(staged_fp16)
+        half = summarise([parity(model, session, b) for b in batches], np.inf, 0.0)
+        half["min_argmax_agreement"] = cfg.fp16_min_argmax_agreement
+        half["pass"] = bool(half["argmax_agreement"] >= cfg.fp16_min_argmax_agreement)
+        del half["parity_atol"], half["per_size"]
         metrics = {
-            "pass": summary.pop("pass"),
+            "pass": bool(summary.pop("pass") and half["pass"]),
             **summary,
             "model_size_bytes": staged.stat().st_size,
             "opset": cfg.opset,
             "export_seconds": round(seconds, 3),
+            "fp16": {**half, "model_size_bytes": staged_fp16.stat().st_size},
         }  # metrics stay numeric; exporter, versions and lineage travel inside the ONNX file
         write_json(cfg.metrics, metrics)
         if not metrics["pass"]:
             raise ParityError(
                 f"ONNX/PyTorch parity failed: max |Δ logit| {metrics['max_abs_diff']:.3g} "
                 f"(limit {cfg.parity_atol:g}), argmax agreement {metrics['argmax_agreement']:.6f} "
-                f"(minimum {cfg.min_argmax_agreement:g}); {cfg.onnx} was not written, see {cfg.metrics}"
+                f"(minimum {cfg.min_argmax_agreement:g}), fp16 argmax agreement "
+                f"{half['argmax_agreement']:.6f} (minimum {cfg.fp16_min_argmax_agreement:g}); "
+                f"{cfg.onnx} and {cfg.fp16_onnx} were not written, see {cfg.metrics}"
             )
     return metrics
 

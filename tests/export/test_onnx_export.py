@@ -128,8 +128,8 @@ def workspace(tmp_path, monkeypatch) -> Path:
     for split, index in rows:
         image, label, _ = cityscapes_paths(root, split, index)
         records.append({"split": split, "image": str(image), "label": str(label)})
-    Path("data/manifests").mkdir(parents=True)
-    pd.DataFrame(records).to_csv("data/manifests/target.csv", index=False)
+    Path("data/prepared").mkdir(parents=True)  # the manifest export reads (stage prepare writes it)
+    pd.DataFrame(records).to_csv("data/prepared/target.csv", index=False)
     params = stage_params(ExportConfig())
     torch.manual_seed(0)
     save_checkpoint(params.export.checkpoint, build_model(params.model), params, step=0)

@@ -81,6 +81,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_model(path: str | Path, which: str = "model") -> tuple[DeepLabV2, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint (``which``: 'model' or 'ema_model'), in eval mode."""
     ckpt = load_checkpoint(path)
-    model = build_model(ModelConfig(**ckpt["model_config"]))
+    # Every tensor comes from the checkpoint: do not fetch model.init's ImageNet/COCO weights again.
+    model = build_model(ModelConfig(**ckpt["model_config"]), init_weights=False)
     model.load_state_dict(ckpt[which])
     return model.eval(), ckpt

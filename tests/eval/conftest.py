@@ -1,0 +1,70 @@
+"""A run folder with target-val frames written at 96x48 and loaded at 64x32, so the two protocols differ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from dacs_uda.config import DataConfig, DomainConfig, EvaluateConfig, ModelConfig, Params
+from dacs_uda.data.datasets import manifest_path
+from dacs_uda.data.synth import cityscapes_paths, generate_target
+from dacs_uda.models.deeplabv2 import build_model
+from dacs_uda.utils.checkpoint import save_checkpoint
+from tests.conftest import write_params
+
+NATIVE = (96, 48)  # W, H on disk (Cityscapes: 2048x1024)
+RESIZE = (64, 32)  # W, H the model sees (Cityscapes: 1024x512)
+N_VAL = 4
+TINY = ModelConfig(width=4, depths=[1, 1, 1, 1], aspp_dilations=[1, 2])
+
+
+def eval_params(protocol: str = "official", models: dict[str, str] | None = None) -> Params:
+    models = models or {"dacs": "models/dacs.pt"}
+    return Params(
+        data=DataConfig(
+            source=DomainConfig(resize=[64, 32]),
+            target=DomainConfig(format="cityscapes", root="data/raw/target", resize=list(RESIZE)),
+            crop=[16, 16],
+        ),
+        model=TINY,
+        evaluate=EvaluateConfig(
+            batch_size=3,  # 4 frames: one full batch and one partial
+            models=models,
+            protocol=protocol,
+            save_predictions=[name for name in models if name == "dacs"],
+            num_samples=2,
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def target_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated target frames in the Cityscapes layout, shared (read-only) by the tests."""
+    root = tmp_path_factory.mktemp("cityscapes") / "target"
+    generate_target(root, 0, {"train": 1, "val": N_VAL}, NATIVE, workers=1)
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target_tree: Path) -> Path:
+    """A run folder (cwd) holding the frames, their manifest, a tiny checkpoint and params.yaml."""
+    monkeypatch.chdir(tmp_path)
+    Path("data/raw").mkdir(parents=True)
+    Path("data/raw/target").symlink_to(target_tree)
+    params = eval_params()
+    # The prepared manifest (stage prepare) points at native-size files here: the loaders resize on
+    # load, and `raw_label` (what the full protocol reads) is the same file.
+    records = []
+    for split, index in [("train", 0)] + [("val", i) for i in range(N_VAL)]:
+        image, label, _ = cityscapes_paths(Path("data/raw/target"), split, index)
+        records.append({"split": split, "image": str(image), "label": str(label), "raw_label": str(label)})
+    manifest = manifest_path(params, "target")
+    manifest.parent.mkdir(parents=True)
+    pd.DataFrame(records).to_csv(manifest, index=False)
+    write_params(tmp_path, params)
+    torch.manual_seed(0)
+    save_checkpoint("models/dacs.pt", build_model(TINY), params, step=0)
+    return tmp_path
