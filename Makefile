@@ -34,7 +34,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check src tests flows
+	$(BIN)/ruff check src tests flows bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

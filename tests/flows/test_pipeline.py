@@ -104,7 +104,7 @@ def test_failing_stage_raises_and_stops_later_stages(fake: FakeRunner, repo: Pat
     with pytest.raises(StageFailed, match=r"'pretrain'.*exited with code 2") as err:
         dacs_pipeline.fn(repo=str(repo))
     assert (err.value.stage, err.value.returncode) == ("pretrain", 2)
-    assert fake.stages == ["data", "validate", "pretrain"]
+    assert fake.stages == ["data", "validate", "prepare", "pretrain"]
 
 
 def test_output_lines_are_logged_as_they_arrive(

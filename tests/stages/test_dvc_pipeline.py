@@ -26,12 +26,14 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 DVC_YAML = REPO / "dvc.yaml"
-STAGES = ("data", "validate", "pretrain", "oracle", "adapt", "evaluate", "export")
+STAGES = ("data", "validate", "prepare", "pretrain", "oracle", "adapt", "evaluate", "export", "evaluate_onnx")
 OUTPUTS = (
     "data/raw/source",
     "data/raw/target",
     "data/manifests/source.csv",
     "data/manifests/target.csv",
+    "data/prepared/source.csv",
+    "data/prepared/target.csv",
     "reports/embedded_samples.png",
     "reports/validation.md",
     "metrics/validation.json",
@@ -47,8 +49,18 @@ OUTPUTS = (
     "metrics/per_class_iou.csv",
     "metrics/export.json",
     "reports/samples/target_val.png",
+    "metrics/confusion.csv",
+    "predictions/dacs/labelIds",
+    "models/dacs_fp16.onnx",
+    "metrics/eval_onnx.json",
 )
-MODELS = ("models/source.pt", "models/oracle.pt", "models/dacs.pt", "models/dacs.onnx")
+MODELS = (
+    "models/source.pt",
+    "models/oracle.pt",
+    "models/dacs.pt",
+    "models/dacs.onnx",
+    "models/dacs_fp16.onnx",
+)
 
 
 def _env() -> dict[str, str]:
@@ -121,6 +133,7 @@ def test_dvc_metrics_show_has_every_model(project: Path) -> None:
     for model in ("source_only", "dacs", "oracle"):
         assert 0.0 <= eval_metrics[model]["mIoU"] <= 100.0
     assert shown[""]["data"]["metrics/export.json"]["data"]["pass"] is True
+    assert shown[""]["data"]["metrics/eval_onnx.json"]["data"]["pass"] is True
 
 
 def test_second_repro_changes_nothing(project: Path) -> None:
@@ -154,8 +167,8 @@ def test_param_change_invalidates_only_adapt_and_downstream(project: Path, tmp_p
     proc = dvc(root, "repro")
     output = proc.stdout + proc.stderr
     ran, skipped = ran_and_skipped(output)
-    assert ran == {"adapt", "evaluate", "export"}, output
-    assert skipped == {"data", "validate", "pretrain", "oracle"}, output
+    assert ran == {"adapt", "evaluate", "export", "evaluate_onnx"}, output
+    assert skipped == {"data", "validate", "prepare", "pretrain", "oracle"}, output
     after = mtimes(root)
     assert after["models/source.pt"] == before["models/source.pt"]
     assert after["models/oracle.pt"] == before["models/oracle.pt"]

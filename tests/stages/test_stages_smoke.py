@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from dacs_uda import adapt, evaluate, export, pretrain
+from dacs_uda import adapt, evaluate, evaluate_onnx, export, pretrain
 from dacs_uda.config import load_params
-from dacs_uda.data import acquire, validate
+from dacs_uda.data import acquire, prepare, validate
 from dacs_uda.utils.checkpoint import load_checkpoint
 
 
@@ -28,11 +28,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.chdir(root)
         assert acquire.main() == 0
         assert validate.main() == 0
+        assert prepare.main() == 0
         assert pretrain.main(["--section", "pretrain"]) == 0
         assert pretrain.main(["--section", "oracle"]) == 0
         assert adapt.main() == 0
         assert evaluate.main() == 0
         assert export.main() == 0
+        assert evaluate_onnx.main() == 0
     return root
 
 
@@ -81,12 +83,23 @@ def test_evaluate_reports_every_model(project: Path) -> None:
     rows = list(csv.DictReader((project / "metrics/per_class_iou.csv").open()))
     assert len(rows) == 3 * 19
     assert (project / "reports/samples/target_val.png").is_file()
+    assert len(list(csv.DictReader((project / "metrics/confusion.csv").open()))) == 3 * 19 * 19
+    assert len(list((project / "predictions/dacs/labelIds").glob("*.png"))) == 4
 
 
 def test_export_stage_records_parity(project: Path) -> None:
     metrics = read_json(project / "metrics/export.json")
-    assert metrics["pass"] is True
+    assert metrics["pass"] is True and metrics["fp16"]["pass"] is True
     assert (project / "models/dacs.onnx").stat().st_size > 0
+    assert (project / "models/dacs_fp16.onnx").stat().st_size > 0
+
+
+def test_evaluate_onnx_measures_the_exported_models(project: Path) -> None:
+    metrics = read_json(project / "metrics/eval_onnx.json")
+    assert metrics["pass"] is True
+    assert abs(metrics["onnx"]["miou_diff"]) <= 0.1 and metrics["onnx"]["argmax_agreement"] >= 0.999
+    torch_miou = read_json(project / "metrics/eval.json")["dacs"]["mIoU"]
+    assert metrics["pytorch"]["mIoU"] == pytest.approx(torch_miou, abs=0.005)  # the same evaluation
 
 
 def test_adapt_is_bit_reproducible(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
