@@ -23,6 +23,7 @@ from dacs_uda.pretrain import domain_batches, pick_device
 from dacs_uda.utils.checkpoint import load_checkpoint, save_checkpoint
 from dacs_uda.utils.curve import CurveLogger
 from dacs_uda.utils.io import write_json
+from dacs_uda.utils.lineage import lineage, with_lineage
 from dacs_uda.utils.logging import setup_logging
 from dacs_uda.utils.seed import seed_everything
 
@@ -119,14 +120,12 @@ def main() -> int:
     )
     curve.write(cfg.curve)
     final = curve.rows[-1] if curve.rows else {}
-    write_json(
-        cfg.metrics,
-        {
-            **{f"train/{k}": v for k, v in final.items() if k != "step"},
-            "steps": cfg.optim.iterations,
-            "seconds": round(seconds, 1),
-        },
-    )
+    metrics = {
+        **{f"train/{k}": v for k, v in final.items() if k != "step"},
+        "steps": cfg.optim.iterations,
+        "seconds": round(seconds, 1),
+    }
+    write_json(cfg.metrics, with_lineage(metrics, lineage(params)))
     log.info("adapt: wrote %s (%.0f s)", cfg.checkpoint, seconds)
     return 0
 

@@ -53,6 +53,7 @@ from dacs_uda.models.deeplabv2 import FullResolution, upsample_logits
 from dacs_uda.pretrain import pick_device
 from dacs_uda.utils.checkpoint import load_model
 from dacs_uda.utils.io import atomic_path, write_json
+from dacs_uda.utils.lineage import lineage, with_lineage
 from dacs_uda.utils.logging import setup_logging
 from dacs_uda.viz import grid, label_panel, save_png
 
@@ -337,7 +338,8 @@ def main() -> int:
             "%s: mIoU %.2f (16: %.2f, 13: %.2f) on target val, %s protocol (%d classes never predicted)",
             name, result["mIoU"], result["mIoU16"], result["mIoU13"], cfg.protocol, result["never_predicted"],
         )  # fmt: skip
-    write_json(cfg.metrics, {name: {k: v for k, v in r.items() if k != "iou"} for name, r in results.items()})
+    summaries = {name: {k: v for k, v in r.items() if k != "iou"} for name, r in results.items()}
+    write_json(cfg.metrics, with_lineage(summaries, lineage(params)))  # models: the dicts with "mIoU"
     write_per_class(cfg.per_class, results)
     write_confusion(cfg.confusion, matrices)
     if cfg.num_samples:

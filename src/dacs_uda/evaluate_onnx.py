@@ -26,6 +26,7 @@ from dacs_uda.metrics import ConfusionMatrix
 from dacs_uda.pretrain import pick_device
 from dacs_uda.utils.checkpoint import load_model
 from dacs_uda.utils.io import write_json
+from dacs_uda.utils.lineage import lineage, with_lineage
 from dacs_uda.utils.logging import setup_logging
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def main() -> int:
         backends, loader, device, tracker, f"evaluate ONNX ({params.evaluate.protocol})"
     )
     metrics = compare(matrices, tracker, cfg)
-    write_json(cfg.eval_metrics, metrics)
+    write_json(cfg.eval_metrics, with_lineage(metrics, lineage(params)))
     for name in ("onnx", "onnx_fp16"):
         m, ref = metrics[name], metrics[REFERENCE]["mIoU"]
         log.info(

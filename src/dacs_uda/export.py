@@ -34,6 +34,7 @@ from dacs_uda.labels import CLASS_NAMES, PALETTE, TRAIN_ID_TO_LABEL_ID
 from dacs_uda.models.deeplabv2 import FullResolution
 from dacs_uda.utils.checkpoint import load_model
 from dacs_uda.utils.io import atomic_path, write_json
+from dacs_uda.utils.lineage import lineage, with_lineage
 from dacs_uda.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def onnx_metadata(
         num_classes: Number of output channels of the model.
         opset: The ai.onnx opset the model is exported with.
         dynamo: Which exporter is used (recorded, not acted on).
-        source_lineage: The checkpoint's ``lineage`` (git revision, params hash, seeds, data pair).
+        source_lineage: The weights' lineage (:func:`model_lineage`: git revision, params hash, seeds,
+            data pair and version), stored whole as JSON under ``lineage``.
         eval_size: (W, H) the model is evaluated at (``data.target.resize``); ``dacs-uda predict
             --resize auto`` scales images to its height.
         precision: ``fp32`` or ``fp16`` (weights and arithmetic; input and output stay float32).
@@ -308,8 +310,8 @@ def export_and_verify(model: nn.Module, params: Params, source_lineage: dict[str
             "opset": cfg.opset,
             "export_seconds": round(seconds, 3),
             "fp16": {**half, "model_size_bytes": staged_fp16.stat().st_size},
-        }  # metrics stay numeric; exporter, versions and lineage travel inside the ONNX file
-        write_json(cfg.metrics, metrics)
+        }  # exporter and versions travel inside the ONNX file
+        write_json(cfg.metrics, with_lineage(metrics, lineage(params)))
         if not metrics["pass"]:
             raise ParityError(
                 f"ONNX/PyTorch parity failed: max |Δ logit| {metrics['max_abs_diff']:.3g} "
@@ -321,6 +323,15 @@ def export_and_verify(model: nn.Module, params: Params, source_lineage: dict[str
     return metrics
 
 
+def model_lineage(checkpoint_lineage: dict[str, Any] | None, params: Params) -> dict[str, Any]:
+    """The lineage the ONNX file carries: the checkpoint's (where the weights came from).
+
+    A checkpoint written before a lineage key existed (e.g. ``data_version``) gets it from this run,
+    so the ONNX file always names the code, params, seed and data (the retrain flow requires them).
+    """
+    return {**lineage(params), **(checkpoint_lineage or {})}
+
+
 def main() -> int:
     """Export ``params.export.checkpoint``'s student model; exit 1 if parity fails."""
     setup_logging()
@@ -330,7 +341,9 @@ def main() -> int:
     model, ckpt = load_model(params.export.checkpoint, "model")
     logger.info("loaded %s (step %s)", params.export.checkpoint, ckpt.get("step"))
     try:
-        metrics = export_and_verify(FullResolution(model).eval(), params, ckpt.get("lineage") or {})
+        metrics = export_and_verify(
+            FullResolution(model).eval(), params, model_lineage(ckpt.get("lineage"), params)
+        )
     except ParityError as err:
         logger.error("%s", err)
         return 1

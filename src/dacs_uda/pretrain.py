@@ -23,6 +23,7 @@ from dacs_uda.optim import build_optimizer, set_lr
 from dacs_uda.utils.checkpoint import save_checkpoint
 from dacs_uda.utils.curve import CurveLogger
 from dacs_uda.utils.io import write_json
+from dacs_uda.utils.lineage import lineage, with_lineage
 from dacs_uda.utils.logging import setup_logging
 from dacs_uda.utils.seed import seed_everything
 
@@ -86,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     curve.write(cfg.curve)
     final = curve.rows[-1] if curve.rows else {}
-    write_json(
-        cfg.metrics,
-        {"train/loss": final.get("loss"), "steps": cfg.optim.iterations, "seconds": round(seconds, 1)},
-    )
+    metrics = {"train/loss": final.get("loss"), "steps": cfg.optim.iterations, "seconds": round(seconds, 1)}
+    write_json(cfg.metrics, with_lineage(metrics, lineage(params)))
     log.info("%s: wrote %s (%.0f s)", args.section, cfg.checkpoint, seconds)
     return 0
 

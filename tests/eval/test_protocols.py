@@ -128,7 +128,7 @@ def test_stage_writes_metrics_plots_and_predictions(workspace: Path) -> None:
     write_params(workspace, eval_params("official", {"dacs": "models/dacs.pt", "also": "models/dacs.pt"}))
     assert evaluate_stage.main() == 0
     metrics = json.loads(Path("metrics/eval.json").read_text())
-    assert set(metrics) == {"dacs", "also"} and metrics["dacs"] == metrics["also"]
+    assert set(metrics) == {"lineage", "dacs", "also"} and metrics["dacs"] == metrics["also"]
     assert set(metrics["dacs"]) == {"mIoU", "mIoU16", "mIoU13", "never_predicted"}
     rows = list(csv.DictReader(Path("metrics/confusion.csv").open()))
     assert len(rows) == 2 * NUM_CLASSES**2 and set(rows[0]) == {"model", "actual", "predicted", "share"}

@@ -23,6 +23,7 @@ from dacs_uda.inference import OnnxSegmenter
 from dacs_uda.labels import CLASS_NAMES, NUM_CLASSES
 from dacs_uda.models.deeplabv2 import FullResolution, build_model
 from dacs_uda.utils.checkpoint import load_checkpoint, save_checkpoint
+from dacs_uda.utils.lineage import LINEAGE_KEYS
 
 TINY = ModelConfig(width=4, depths=[1, 1, 1, 1], aspp_dilations=[1, 2])
 LINEAGE = {
@@ -31,6 +32,7 @@ LINEAGE = {
     "seed": 0,
     "data_seed": 0,
     "data_pair": "embedded",
+    "data_version": "0123456789abcdef",
 }
 
 
@@ -160,7 +162,7 @@ def test_stage_writes_model_and_metrics(workspace):
     metadata = read_metadata("models/dacs.onnx")
     assert metadata["exporter"] == "torch.onnx-torchscript"
     lineage = json.loads(metadata["lineage"])
-    assert set(lineage) == {"git_revision", "params_hash", "seed", "data_seed", "data_pair"}
+    assert set(lineage) == set(LINEAGE_KEYS)
     assert lineage == load_checkpoint("models/dacs.pt")["lineage"]
     assert OnnxSegmenter("models/dacs.onnx").predict(np.zeros((32, 64, 3), np.uint8)).shape == (32, 64)
 

@@ -12,9 +12,14 @@ import pytest
 import torch
 
 from dacs_uda import adapt, evaluate, evaluate_onnx, export, pretrain
-from dacs_uda.config import load_params
+from dacs_uda.config import load_params, params_hash
 from dacs_uda.data import acquire, prepare, validate
+from dacs_uda.data.version import UNKNOWN
 from dacs_uda.utils.checkpoint import load_checkpoint
+from dacs_uda.utils.lineage import LINEAGE_KEYS
+
+# Every metrics file a stage writes (each carries the lineage of the run that wrote it).
+METRICS_FILES = ("validation", "pretrain", "oracle", "adapt", "eval", "export", "eval_onnx")
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +82,10 @@ def test_adapt_stage_keeps_a_distinct_ema_teacher(project: Path) -> None:
 
 def test_evaluate_reports_every_model(project: Path) -> None:
     metrics = read_json(project / "metrics/eval.json")
-    assert set(metrics) == {"source_only", "dacs", "oracle"}
-    for result in metrics.values():
+    assert set(metrics) == {"lineage", "source_only", "dacs", "oracle"}
+    models = {name: result for name, result in metrics.items() if "mIoU" in result}
+    assert set(models) == {"source_only", "dacs", "oracle"}  # the contract: models hold "mIoU"
+    for result in models.values():
         assert 0.0 <= result["mIoU"] <= 100.0
     rows = list(csv.DictReader((project / "metrics/per_class_iou.csv").open()))
     assert len(rows) == 3 * 19
@@ -100,6 +107,34 @@ def test_evaluate_onnx_measures_the_exported_models(project: Path) -> None:
     assert abs(metrics["onnx"]["miou_diff"]) <= 0.1 and metrics["onnx"]["argmax_agreement"] >= 0.999
     torch_miou = read_json(project / "metrics/eval.json")["dacs"]["mIoU"]
     assert metrics["pytorch"]["mIoU"] == pytest.approx(torch_miou, abs=0.005)  # the same evaluation
+
+
+@pytest.mark.parametrize("name", METRICS_FILES)
+def test_every_metrics_file_carries_complete_lineage(project: Path, name: str) -> None:
+    lineage = read_json(project / f"metrics/{name}.json")["lineage"]
+    assert tuple(lineage) == LINEAGE_KEYS
+    assert all(value not in ("", None) for value in lineage.values()), lineage
+    assert lineage["data_version"] != UNKNOWN and len(lineage["data_version"]) == 16
+    params = load_params(project / "params.yaml")
+    assert lineage["params_hash"] == params_hash(params)
+    assert (lineage["seed"], lineage["data_seed"], lineage["data_pair"]) == (0, 0, "embedded")
+
+
+def test_one_data_version_across_stages_checkpoints_and_onnx(project: Path) -> None:
+    """validate hashes the raw files, later stages read the hashes from the prepared manifests:
+    the same dataset gives the same version everywhere."""
+    versions = {
+        read_json(project / f"metrics/{name}.json")["lineage"]["data_version"] for name in METRICS_FILES
+    }
+    versions |= {
+        load_checkpoint(project / f"models/{m}.pt")["lineage"]["data_version"] for m in ("source", "dacs")
+    }
+    for onnx_file in ("dacs.onnx", "dacs_fp16.onnx"):
+        onnx_lineage = json.loads(export.read_metadata(project / "models" / onnx_file)["lineage"])
+        assert all(onnx_lineage[k] not in ("", None) for k in ("git_revision", "params_hash", "seed"))
+        assert onnx_lineage == load_checkpoint(project / "models/dacs.pt")["lineage"]
+        versions.add(onnx_lineage["data_version"])
+    assert len(versions) == 1
 
 
 def test_adapt_is_bit_reproducible(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,50 @@ def test_params_hash_is_stable(raw: dict[str, Any]) -> None:
 )
 def test_params_hash_changes_with_any_value(raw: dict[str, Any], dotted: str, value: Any) -> None:
     assert params_hash(parse_params(_with(raw, dotted, value))) != params_hash(parse_params(raw))
+
+
+def _stage_mains() -> dict[str, tuple[Any, Any]]:
+    """Stage name -> (module, main as called by dvc.yaml's cmd)."""
+    from dacs_uda import adapt, evaluate, evaluate_onnx, export, pretrain
+    from dacs_uda.data import acquire, prepare, validate
+
+    return {
+        "data": (acquire, acquire.main),
+        "validate": (validate, validate.main),
+        "prepare": (prepare, prepare.main),
+        "pretrain": (pretrain, lambda: pretrain.main(["--section", "pretrain"])),
+        "oracle": (pretrain, lambda: pretrain.main(["--section", "oracle"])),
+        "adapt": (adapt, adapt.main),
+        "evaluate": (evaluate, evaluate.main),
+        "export": (export, export.main),
+        "evaluate_onnx": (evaluate_onnx, evaluate_onnx.main),
+    }
+
+
+@pytest.mark.parametrize("stage", list(_stage_mains()))
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [("adapt.lamda_threshold", 0.9), ("adapt.ema_alpha", "high"), ("adapt.pseudo_threshold", 1.5)],
+    ids=["unknown-key", "wrong-type", "out-of-range"],
+)
+def test_every_stage_stops_at_start_on_invalid_params(
+    stage: str,
+    dotted: str,
+    value: Any,
+    in_tmp_project: Path,
+    raw: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a stage run by DVC does: name the bad key (exit 1 or ConfigError) and write nothing."""
+    module, main = _stage_mains()[stage]
+    monkeypatch.setattr(module, "setup_logging", lambda *args, **kwargs: None)  # keep caplog's handler
+    (in_tmp_project / "params.yaml").write_text(yaml.safe_dump(_with(raw, dotted, value)))
+    with caplog.at_level(logging.ERROR):
+        try:
+            assert main() == 1
+            message = caplog.text
+        except ConfigError as err:
+            message = str(err)
+    assert f"`{dotted}`" in message or f"key: {dotted}" in message, message
+    assert [p.name for p in in_tmp_project.iterdir()] == ["params.yaml"]

@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dacs_uda.data.formats import CITYSCAPES_LABEL_ID, FORMATS, SYNTHIA_ID, png_mode, read_label_ids
+from dacs_uda.data.version import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,18 @@ MANIFEST_COLUMNS = (
     "image_width", "image_height", "image_mode",
     "label_width", "label_height", "label_mode", "label_values",
     "image_ok", "label_ok", "error", "warning", "label_encoding",
+    "image_sha256", "label_sha256",
 )  # fmt: skip
+TEXT_COLUMNS = (
+    "split",
+    "image",
+    "label",
+    "error",
+    "warning",
+    "label_encoding",
+    "image_sha256",
+    "label_sha256",
+)
 
 # Folders that must exist under a root for it to count as a dataset of that format.
 LAYOUT_DIRS: dict[str, tuple[str, ...]] = {
@@ -149,7 +161,8 @@ def inspect_file(job: tuple[str, bool] | tuple[str, bool, str]) -> dict[str, Any
 
     Returns:
         ``width``, ``height``, ``mode`` (from the header, None if unreadable), ``values`` (labels only),
-        ``ok`` (fully decoded) and ``error`` ("" if fine).
+        ``sha256`` of the file's bytes (the data version is built on it), ``ok`` (fully decoded) and
+        ``error`` ("" if fine).
     """
     path, want_values, encoding = (*job, CITYSCAPES_LABEL_ID)[:3]
     info: dict[str, Any] = {
@@ -157,10 +170,12 @@ def inspect_file(job: tuple[str, bool] | tuple[str, bool, str]) -> dict[str, Any
         "height": None,
         "mode": None,
         "values": None,
+        "sha256": "",
         "ok": False,
         "error": "",
     }
     try:
+        info["sha256"] = file_sha256(path)  # the bytes go on to the page cache: decoding rereads them free
         if want_values and encoding == SYNTHIA_ID:
             _inspect_png16_label(path, info)
             info["ok"] = True
@@ -189,13 +204,20 @@ def _inspect_all(jobs: list[tuple[str, bool]], workers: int, desc: str) -> list[
 def _side(path: str, info: dict[str, Any] | None, kind: str, other: str) -> tuple[dict[str, Any], str]:
     """Manifest columns of one side of a pair, and its problem ("" if fine)."""
     if info is None:
-        empty = {f"{kind}_width": None, f"{kind}_height": None, f"{kind}_mode": None, f"{kind}_ok": False}
+        empty = {
+            f"{kind}_width": None,
+            f"{kind}_height": None,
+            f"{kind}_mode": None,
+            f"{kind}_ok": False,
+            f"{kind}_sha256": "",
+        }
         return empty, f"{kind} missing (no {kind} for {other})"
     columns = {
         f"{kind}_width": info["width"],
         f"{kind}_height": info["height"],
         f"{kind}_mode": info["mode"],
         f"{kind}_ok": info["ok"],
+        f"{kind}_sha256": info["sha256"],
     }
     if kind == "label":
         columns["label_values"] = info["values"]
@@ -230,7 +252,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = frame[column].astype("Int64")
     for column in ("image_ok", "label_ok"):
         frame[column] = frame[column].astype(bool)
-    for column in ("split", "image", "label", "error", "warning", "label_encoding"):
+    for column in TEXT_COLUMNS:
         frame[column] = frame[column].fillna("").astype(object)
     return frame
 

@@ -6,7 +6,8 @@ Output, under ``data.prepared``:
 
 * ``<domain>/images/<split>/<stem>.png`` and ``<domain>/labels/<split>/<stem>.png``;
 * ``<domain>.csv``: the manifest that training, evaluation and export read
-  (:func:`dacs_uda.data.datasets.manifest_path`), with columns :data:`PREPARED_COLUMNS`.
+  (:func:`dacs_uda.data.datasets.manifest_path`), with columns :data:`PREPARED_COLUMNS` (the raw
+  files' content hashes included: they define the run's ``data_version``, :mod:`dacs_uda.data.version`).
 
 Recipe (the official DACS loaders', done once instead of every step):
 
@@ -62,6 +63,7 @@ INDEX_NAME = "index.json"
 SAVE_INDEX_EVERY = 256  # completed files between index checkpoints (what an interruption can lose)
 PREPARED_COLUMNS = (
     "split", "image", "label", "label_encoding", "width", "height", "raw_image", "raw_label", "warning",
+    "raw_image_sha256", "raw_label_sha256",
 )  # fmt: skip
 _RESAMPLE_NAMES = {Image.BICUBIC: "bicubic", Image.BILINEAR: "bilinear", Image.NEAREST: "nearest"}
 
@@ -218,6 +220,12 @@ def _remove_stale(folder: Path, jobs: list[Job]) -> int:
     return removed
 
 
+def _text_column(rows: pd.DataFrame, column: str) -> list[str]:
+    """``rows[column]`` as strings, "" where empty or when the manifest has no such column."""
+    values = rows[column] if column in rows.columns else [""] * len(rows)
+    return [v if isinstance(v, str) else "" for v in values]
+
+
 @dataclass
 class DomainStats:
     rows: int
@@ -292,7 +300,7 @@ def prepare_domain(
         shown = "; ".join(failures[:20]) + more
         raise PrepareError(f"{len(failures)} {fmt} pairs could not be prepared: {shown}")
     removed = _remove_stale(folder, jobs)
-    warnings = [w if isinstance(w, str) else "" for w in rows.get("warning", pd.Series([""] * len(jobs)))]
+    warnings = _text_column(rows, "warning")
     prepared = pd.DataFrame(
         {
             "split": [job.key.split("/", 1)[0] for job in jobs],
@@ -304,6 +312,9 @@ def prepare_domain(
             "raw_image": [job.image for job in jobs],
             "raw_label": [job.label for job in jobs],
             "warning": warnings,
+            # The raw files' content hashes, from validate: the data version (dacs_uda.data.version).
+            "raw_image_sha256": _text_column(rows, "image_sha256"),
+            "raw_label_sha256": _text_column(rows, "label_sha256"),
         },
         columns=list(PREPARED_COLUMNS),
     )

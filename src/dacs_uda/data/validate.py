@@ -33,11 +33,13 @@ from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column
 
-from dacs_uda.config import ConfigError, DataConfig, DomainConfig, load_params
+from dacs_uda.config import ConfigError, DataConfig, DomainConfig, Params, load_params
 from dacs_uda.data.formats import FORMATS
 from dacs_uda.data.manifest import build_manifest
+from dacs_uda.data.version import UNKNOWN, data_version
 from dacs_uda.labels import MAX_LABEL_ID
 from dacs_uda.utils.io import write_json, write_text
+from dacs_uda.utils.lineage import lineage, with_lineage
 from dacs_uda.utils.logging import setup_logging
 
 log = logging.getLogger(__name__)
@@ -523,13 +525,31 @@ def validate_data(data: DataConfig, workers: int = 2) -> list[DatasetResult]:
     return results
 
 
-def write_outputs(results: list[DatasetResult], manifests_dir: str | Path) -> bool:
-    """Write report and metrics always, the manifests only if every dataset passed; return success."""
+def validated_lineage(results: list[DatasetResult], params: Params) -> dict[str, Any]:
+    """The run's lineage, its data version over the rows the manifests keep (those training uses)."""
+    try:
+        version = data_version({r.name: r.passed_rows() for r in results})
+    except ValueError as err:  # a kept row without a hash: say so rather than stop the report
+        log.warning("data_version unknown: %s", err)
+        version = UNKNOWN
+    return lineage(params, data_version=version)
+
+
+def write_outputs(
+    results: list[DatasetResult], manifests_dir: str | Path, params: Params | None = None
+) -> bool:
+    """Write report and metrics always, the manifests only if every dataset passed; return success.
+
+    With ``params``, the metrics carry the run's lineage (the stage always passes them).
+    """
     ok = all(r.success for r in results)
     if ok:
         write_manifests(results, manifests_dir)
     write_text(REPORT_PATH, render_report(results, manifests_dir))
-    write_json(METRICS_PATH, summarize(results))
+    summary = summarize(results)
+    write_json(
+        METRICS_PATH, summary if params is None else with_lineage(summary, validated_lineage(results, params))
+    )
     return ok
 
 
@@ -554,7 +574,7 @@ def main() -> int:
     except (ConfigError, FileNotFoundError) as err:
         log.error("validate: %s", err)
         return 1
-    if not write_outputs(results, params.data.manifests):
+    if not write_outputs(results, params.data.manifests, params):
         log.error("%s", failure_message(results, REPORT_PATH))
         return 1
     rows = ", ".join(f"{r.name} {len(r.manifest)}" for r in results)

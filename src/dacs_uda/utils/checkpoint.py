@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dacs_uda.config import ModelConfig, Params, params_hash
+from dacs_uda.config import ModelConfig, Params
 from dacs_uda.models.deeplabv2 import DeepLabV2, build_model
 from dacs_uda.utils.io import save_torch
+from dacs_uda.utils.lineage import git_revision, lineage
 
-
-def git_revision() -> str:
-    """The current git commit (``+dirty`` when the tree has changes), or ``unknown`` outside git."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        )
-        return rev + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def lineage(params: Params) -> dict[str, Any]:
-    """What produced an artefact: code revision, params hash, seeds, dataset."""
-    return {
-        "git_revision": git_revision(),
-        "params_hash": params_hash(params),
-        "seed": params.seed,
-        "data_seed": params.data.embedded.seed,
-        "data_pair": params.data.pair,
-    }
+__all__ = ["git_revision", "lineage", "load_checkpoint", "load_model", "save_checkpoint"]
 
 
 def save_checkpoint(
