@@ -9,25 +9,27 @@ Run it once locally with ``python flows/pipeline.py``.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import Task, flow, get_run_logger, task
-from prefect.context import FlowRunContext
-from prefect.exceptions import MissingContextError
+from prefect import Task, flow, task
+
+from flows import common
+from flows.common import (
+    CommandFailed,
+    context_section,
+    git_revision,
+    logger,
+    markdown_table,
+    metrics_section,
+    publish_markdown,
+    read_eval_metrics,
+    read_params,
+)
 
 ARTIFACT_KEY = "dacs-pipeline-summary"
-DEFAULT_EVAL_METRICS = "metrics/eval.json"
-
-LineSink = Callable[[str], None]
 
 
 class StageFailed(RuntimeError):
@@ -39,53 +41,6 @@ class StageFailed(RuntimeError):
         )
         self.stage = stage
         self.returncode = returncode
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run logger; a plain logger when a body is called through ``.fn()`` outside a run."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("dacs_uda.flows")
-
-
-def _in_flow_run() -> bool:
-    return FlowRunContext.get() is not None
-
-
-def run_command(cmd: list[str], cwd: Path, on_line: LineSink) -> int:
-    """Run ``cmd`` in ``cwd``, passing each line of output (stdout and stderr) to ``on_line`` as it arrives.
-
-    Tests replace this module-level function to check what would run without running DVC.
-
-    Args:
-        cmd: The command and its arguments.
-        cwd: The working directory (the DVC repository root).
-        on_line: Called once per output line, without the trailing newline.
-
-    Returns:
-        The process's exit code.
-    """
-    env = dict(os.environ)
-    # The stage commands call `python -m dacs_uda...`: resolve `python` and `dvc` in this interpreter's
-    # environment even when the venv is not activated, and keep the children's output unbuffered so
-    # lines reach the Prefect logs while a stage trains, not when it ends.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"
-    with subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        errors="replace",
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            on_line(line.rstrip("\r\n"))
-    return proc.returncode
 
 
 def pipeline_stages(repo: str | Path = ".") -> list[str]:
@@ -129,15 +84,13 @@ def _repro(stage: str, force: bool = False, repo: str = ".") -> float:
     Raises:
         StageFailed: If ``dvc repro`` exits non-zero.
     """
-    log = _logger()
-    cmd = repro_command(stage, force)
-    log.info("$ %s", " ".join(cmd))
     start = time.monotonic()
-    returncode = run_command(cmd, Path(repo), lambda line: log.info("[%s] %s", stage, line))
+    try:
+        common.stream_command(repro_command(stage, force), repo, stage)
+    except CommandFailed as err:
+        raise StageFailed(stage, err.returncode) from None
     seconds = time.monotonic() - start
-    if returncode != 0:
-        raise StageFailed(stage, returncode)
-    log.info("stage %s done in %.1f s", stage, seconds)
+    logger().info("stage %s done in %.1f s", stage, seconds)
     return seconds
 
 
@@ -156,52 +109,32 @@ def stage_task(stage: str) -> Task[..., float]:
 
 def _run_stage(stage: str, force: bool, repo: str) -> float:
     """Run one stage as a Prefect task; through ``.fn()`` (no flow run) call the task body directly."""
-    runner = stage_task(stage)
-    if _in_flow_run():
-        return runner(stage, force, repo)
-    return runner.fn(stage, force, repo)
+    return common.run_task(stage_task(stage), stage, force, repo)
 
 
-def read_eval_metrics(repo: str | Path = ".") -> dict[str, Any] | None:
-    """The evaluate stage's metrics (``{model: {"mIoU": ..., ...}}``), or None if absent or unreadable."""
-    repo = Path(repo)
-    try:
-        relative = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["metrics"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        relative = DEFAULT_EVAL_METRICS
-    try:
-        metrics = json.loads((repo / relative).read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) else None
-
-
-def build_report(summary: dict[str, dict[str, Any]], metrics: dict[str, Any] | None) -> str:
-    """Markdown for the run artifact: one row per stage run, then mIoU per model if evaluated."""
-    lines = ["# DACS pipeline run", "", "| stage | seconds | status |", "|---|---:|---|"]
-    lines += [
-        f"| {stage} | {row['seconds']:.1f} | {'ok' if row['ok'] else 'FAILED'} |"
-        for stage, row in summary.items()
+def build_report(
+    summary: dict[str, dict[str, Any]],
+    metrics: dict[str, Any] | None,
+    params: dict[str, Any] | None = None,
+    revision: str = "unknown",
+) -> str:
+    """Markdown for the run artifact: one row per stage run, mIoU per model if evaluated, run context."""
+    rows = [
+        [stage, f"{row['seconds']:.1f}", "ok" if row["ok"] else "FAILED"] for stage, row in summary.items()
     ]
-    if metrics:
-        lines += ["", "## Target val (metrics/eval.json)", "", "| model | mIoU |", "|---|---:|"]
-        for model, values in metrics.items():
-            miou = values.get("mIoU") if isinstance(values, dict) else None
-            lines.append(f"| {model} | {miou if miou is not None else '-'} |")
+    lines = ["# DACS pipeline run", "", *markdown_table(["stage", "seconds", "status"], rows, "lrl"), ""]
+    section = metrics_section(metrics, "Target val (metrics/eval.json)")
+    lines += [*section, ""] if section else []
+    lines += context_section(params or {}, revision)
     return "\n".join(lines) + "\n"
 
 
 def publish_report(summary: dict[str, dict[str, Any]], repo: str | Path) -> str:
     """Build the report and, inside a flow run, publish it as a markdown artifact."""
-    markdown = build_report(summary, read_eval_metrics(repo))
-    if _in_flow_run():
-        from prefect.artifacts import create_markdown_artifact
-
-        create_markdown_artifact(
-            markdown=markdown,
-            key=ARTIFACT_KEY,
-            description="DVC stages run by dacs-pipeline, their durations and mIoU",
-        )
+    markdown = build_report(summary, read_eval_metrics(repo), read_params(repo), git_revision(repo))
+    publish_markdown(
+        ARTIFACT_KEY, markdown, "DVC stages run by dacs-pipeline, durations, mIoU, params, git revision"
+    )
     return markdown
 
 
@@ -220,7 +153,7 @@ def dacs_pipeline(stages: list[str] | None = None, force: bool = False, repo: st
     Raises:
         StageFailed: On the first failing stage; later stages do not run. The report is still published.
     """
-    log = _logger()
+    log = logger()
     selected = select_stages(stages, pipeline_stages(repo))
     log.info("running DVC stages %s in %s (force=%s)", selected, Path(repo).resolve(), force)
     summary: dict[str, dict[str, Any]] = {}

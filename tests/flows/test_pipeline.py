@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,15 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-# Quiet and offline before Prefect is imported (its settings are read at import).
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+from flows import common, pipeline
+from flows.pipeline import StageFailed, dacs_pipeline
+from tests.flows.conftest import REPO_ROOT
 
-from flows import pipeline  # noqa: E402
-from flows.pipeline import StageFailed, dacs_pipeline  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DVC_ORDER = list(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
 
 
@@ -46,7 +40,7 @@ class FakeRunner:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
     runner = FakeRunner()
-    monkeypatch.setattr(pipeline, "run_command", runner)
+    monkeypatch.setattr(common, "run_command", runner)
     return runner
 
 
@@ -58,7 +52,12 @@ def repo(tmp_path: Path) -> Path:
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "eval.json").write_text(
         json.dumps(
-            {"source_only": {"mIoU": 31.5, "mIoU16": 33.0}, "dacs": {"mIoU": 42.25}, "oracle": {"mIoU": 60.0}}
+            {
+                "lineage": {"git_revision": "abc", "seed": 0},
+                "source_only": {"mIoU": 31.5, "mIoU16": 33.0},
+                "dacs": {"mIoU": 42.25},
+                "oracle": {"mIoU": 60.0},
+            }
         )
     )
     return tmp_path
@@ -117,7 +116,7 @@ def test_output_lines_are_logged_as_they_arrive(
         seen_before_exit.append(any("step 1 loss 0.9" in r.getMessage() for r in caplog.records))
         return 0
 
-    monkeypatch.setattr(pipeline, "run_command", runner)
+    monkeypatch.setattr(common, "run_command", runner)
     with caplog.at_level(logging.INFO, logger="dacs_uda.flows"):
         dacs_pipeline.fn(stages=["adapt"], repo=str(repo))
     assert seen_before_exit == [True]
@@ -150,7 +149,7 @@ def test_run_command_streams_lines_live_and_returns_exit_code(tmp_path: Path) ->
         lines.append(line)
         marker.touch()
 
-    assert pipeline.run_command([sys.executable, "-c", child], tmp_path, on_line) == 3
+    assert common.run_command([sys.executable, "-c", child], tmp_path, on_line) == 3
     assert lines == ["first", "second"]
 
 
@@ -158,35 +157,14 @@ def test_report_lists_stages_and_miou(repo: Path) -> None:
     summary = {"adapt": {"seconds": 12.34, "ok": True}, "evaluate": {"seconds": 1.0, "ok": False}}
     markdown = pipeline.build_report(summary, pipeline.read_eval_metrics(repo))
     assert "| adapt | 12.3 | ok |" in markdown and "| evaluate | 1.0 | FAILED |" in markdown
-    assert "| dacs | 42.25 |" in markdown and "| source_only | 31.5 |" in markdown
+    assert "| dacs | 42.25 |" in markdown and "| source_only | 31.5 | 33 |" in markdown
+    assert "| lineage |" not in markdown  # metrics/eval.json's lineage entry is not a model
     (repo / "metrics" / "eval.json").unlink()
     assert pipeline.read_eval_metrics(repo) is None
     assert "mIoU" not in pipeline.build_report(summary, None)
 
 
 # (b) One real run under a temporary Prefect server.
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(
-        updates={
-            PREFECT_HOME: home,
-            PREFECT_SERVER_ANALYTICS_ENABLED: False,
-            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90,
-        }
-    ):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
 
 
 def test_flow_run_end_to_end(prefect_server, fake: FakeRunner, repo: Path) -> None:
@@ -202,7 +180,13 @@ def test_flow_run_end_to_end(prefect_server, fake: FakeRunner, repo: Path) -> No
     assert artifact is not None and artifact.type == "markdown"
     assert artifact.flow_run_id == state.state_details.flow_run_id
     assert all(f"| {stage} |" in artifact.data for stage in DVC_ORDER)
-    assert "| dacs | 42.25 |" in artifact.data
+    assert "| dacs | 42.25 |" in artifact.data and "| lineage |" not in artifact.data
+    # the run context: seeds and params from params.yaml, the git revision (tmp_path is no git repo)
+    assert "| git revision | unknown |" in artifact.data
+    assert "| seed | 0 |" in artifact.data and "| data.embedded.seed | 0 |" in artifact.data
+    assert (
+        "| adapt.pseudo_threshold | 0.968 |" in artifact.data and "| data.pair | embedded |" in artifact.data
+    )
 
 
 def test_flow_run_failure_does_not_retry_training(prefect_server, fake: FakeRunner, repo: Path) -> None:

@@ -1,0 +1,208 @@
+"""The retrain flow: experiment command, promotion rule, lineage gate, atomic copy, decision log, artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import common, retrain
+from flows.retrain import LineageIncomplete, dacs_retrain
+from tests.flows.conftest import COMPLETE_LINEAGE, TOY_PARAMS
+from tests.flows.toy_onnx import write_onnx
+
+
+class FakeExperiment:
+    """Stands in for ``run_command`` running ``dvc exp run``: writes the metrics and ONNX a run would."""
+
+    def __init__(self, miou: float, lineage: dict | None = None, returncode: int = 0) -> None:
+        self.miou = miou
+        self.lineage = dict(COMPLETE_LINEAGE) if lineage is None else lineage
+        self.returncode = returncode
+        self.calls: list[list[str]] = []
+
+    def __call__(self, cmd: list[str], cwd: Path, on_line) -> int:
+        self.calls.append(list(cmd))
+        on_line("Running stage 'adapt':")
+        if self.returncode == 0:
+            metrics = {"lineage": self.lineage, "source_only": {"mIoU": 12.5}, "dacs": {"mIoU": self.miou}}
+            (cwd / "metrics").mkdir(exist_ok=True)
+            (cwd / "metrics" / "eval.json").write_text(json.dumps(metrics))
+            write_onnx(cwd / "models" / "dacs.onnx", self.lineage)
+        return self.returncode
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TOY_PARAMS))
+    return tmp_path
+
+
+def fake(monkeypatch: pytest.MonkeyPatch, miou: float, lineage: dict | None = None) -> FakeExperiment:
+    runner = FakeExperiment(miou, lineage)
+    monkeypatch.setattr(common, "run_command", runner)
+    return runner
+
+
+def deploy(repo: Path, miou: float) -> bytes:
+    """Put a model with ``miou`` in place as the deployed one; returns its bytes."""
+    target = repo / "models" / "deployed"
+    write_onnx(target / "model.onnx", {**COMPLETE_LINEAGE, "seed": 99})
+    (target / "deployed.json").write_text(json.dumps({"mIoU": miou, "lineage": {}}))
+    return (target / "model.onnx").read_bytes()
+
+
+def decisions(repo: Path) -> list[dict]:
+    lines = (repo / "models" / "deployed" / "decisions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_experiment_command_has_name_and_overrides() -> None:
+    assert common.experiment_command({"seed": 1, "adapt.pseudo_threshold": 0.9}, "r1") == [
+        "dvc", "exp", "run", "-n", "r1", "-S", "seed=1", "-S", "adapt.pseudo_threshold=0.9",
+    ]  # fmt: skip
+    overrides = {"deterministic": True, "model.depths": [1, 2]}
+    assert common.experiment_command(overrides, "r2", temp=True)[3:] == [
+        "--temp", "-n", "r2", "-S", "deterministic=true", "-S", "model.depths=[1, 2]",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="bad override key"):
+        common.override_args({"a=b": 1})
+
+
+def test_first_model_is_promoted_with_record_and_decision(
+    monkeypatch: pytest.MonkeyPatch, repo: Path
+) -> None:
+    runner = fake(monkeypatch, 41.5)
+    decision = dacs_retrain.fn(overrides={"seed": 3}, experiment_name="exp-a", repo=str(repo))
+    assert runner.calls == [["dvc", "exp", "run", "-n", "exp-a", "-S", "seed=3"]]
+    assert decision["promoted"] is True and decision["reason"] == "promoted: nothing deployed yet"
+    deployed = repo / "models" / "deployed"
+    assert (deployed / "model.onnx").read_bytes() == (repo / "models" / "dacs.onnx").read_bytes()
+    record = json.loads((deployed / "deployed.json").read_text())
+    assert record["mIoU"] == 41.5 and record["lineage"] == COMPLETE_LINEAGE
+    assert record["experiment"] == "exp-a" and record["overrides"] == {"seed": 3}
+    assert set(record["metrics"]) == {"source_only", "dacs"}  # the "lineage" entry is not a model
+    assert record["promoted_at"] == decision["timestamp"] and len(record["sha256"]) == 64
+    [logged] = decisions(repo)
+    assert logged == decision
+    assert (logged["candidate_mIoU"], logged["deployed_mIoU"]) == (41.5, None)
+    assert not list(deployed.glob("*.tmp"))  # the atomic writes left no temporary file
+
+
+@pytest.mark.parametrize("miou", [40.0, 40.5])
+def test_equal_or_better_is_promoted(monkeypatch: pytest.MonkeyPatch, repo: Path, miou: float) -> None:
+    old = deploy(repo, 40.0)
+    fake(monkeypatch, miou)
+    decision = dacs_retrain.fn(repo=str(repo))
+    assert decision["promoted"] is True
+    assert decision["reason"] == f"promoted: candidate mIoU {miou:g} >= deployed 40"
+    assert (repo / "models/deployed/model.onnx").read_bytes() != old
+    assert json.loads((repo / "models/deployed/deployed.json").read_text())["mIoU"] == miou
+    assert decisions(repo)[-1]["deployed_mIoU"] == 40.0
+
+
+def test_worse_is_refused_and_logged(monkeypatch: pytest.MonkeyPatch, repo: Path) -> None:
+    old = deploy(repo, 40.0)
+    fake(monkeypatch, 39.99)
+    decision = dacs_retrain.fn(repo=str(repo))
+    assert decision["promoted"] is False
+    assert decision["reason"] == "refused: candidate mIoU 39.99 < deployed 40"
+    assert (repo / "models/deployed/model.onnx").read_bytes() == old
+    assert json.loads((repo / "models/deployed/deployed.json").read_text())["mIoU"] == 40.0
+    [logged] = decisions(repo)
+    assert (logged["candidate_mIoU"], logged["deployed_mIoU"], logged["promoted"]) == (39.99, 40.0, False)
+
+
+@pytest.mark.parametrize(
+    ("lineage", "missing"),
+    [
+        ({**COMPLETE_LINEAGE, "data_version": "unknown"}, "data_version"),
+        ({k: v for k, v in COMPLETE_LINEAGE.items() if k != "params_hash"}, "params_hash"),
+        ({**COMPLETE_LINEAGE, "git_revision": ""}, "git_revision"),
+        (None, "git_revision, params_hash, seed, data_version"),  # no lineage at all
+    ],
+)
+def test_incomplete_lineage_is_refused_even_when_better(
+    monkeypatch: pytest.MonkeyPatch, repo: Path, lineage: dict | None, missing: str
+) -> None:
+    old = deploy(repo, 10.0)
+    runner = fake(monkeypatch, 90.0)
+    runner.lineage = lineage
+    decision = dacs_retrain.fn(repo=str(repo))
+    assert decision["promoted"] is False
+    assert decision["reason"] == f"refused: incomplete lineage (missing or unknown: {missing})"
+    assert (repo / "models/deployed/model.onnx").read_bytes() == old
+    assert decisions(repo)[-1]["reason"] == decision["reason"]
+
+
+def test_promote_itself_refuses_incomplete_lineage(tmp_path: Path) -> None:
+    model = write_onnx(tmp_path / "m.onnx", {**COMPLETE_LINEAGE, "seed": None})
+    with pytest.raises(LineageIncomplete, match="seed"):
+        retrain.promote.fn(str(model), str(tmp_path / "deployed"), {"mIoU": 1.0})
+    assert not (tmp_path / "deployed").exists()
+
+
+def test_seed_zero_counts_as_lineage(tmp_path: Path) -> None:
+    assert retrain.missing_lineage({**COMPLETE_LINEAGE, "seed": 0}) == []
+
+
+def test_failed_experiment_promotes_and_logs_nothing(monkeypatch: pytest.MonkeyPatch, repo: Path) -> None:
+    runner = fake(monkeypatch, 99.0)
+    runner.returncode = 1
+    with pytest.raises(common.CommandFailed, match="exited with code 1"):
+        dacs_retrain.fn(repo=str(repo))
+    assert not (repo / "models" / "deployed").exists()
+
+
+def test_custom_deployed_dir(monkeypatch: pytest.MonkeyPatch, repo: Path, tmp_path: Path) -> None:
+    fake(monkeypatch, 50.0)
+    elsewhere = tmp_path / "serving"
+    dacs_retrain.fn(deployed_dir=str(elsewhere), repo=str(repo))
+    assert (elsewhere / "model.onnx").is_file() and (elsewhere / "decisions.jsonl").is_file()
+
+
+def test_flow_run_publishes_decision_artifact(
+    prefect_server, monkeypatch: pytest.MonkeyPatch, repo: Path
+) -> None:
+    from prefect.artifacts import Artifact
+
+    deploy(repo, 40.0)
+    fake(monkeypatch, 39.5)
+    state = dacs_retrain(overrides={"adapt.pseudo_threshold": 0.9}, repo=str(repo), return_state=True)
+    assert state.is_completed()
+    decision = state.result()
+    assert decision["flow_run_id"] == str(state.state_details.flow_run_id)
+    artifact = Artifact.get(retrain.ARTIFACT_KEY)
+    assert artifact is not None and artifact.type == "markdown"
+    assert artifact.flow_run_id == state.state_details.flow_run_id
+    text = artifact.data
+    assert "| decision | NOT PROMOTED |" in text
+    assert "| candidate mIoU (dacs) | 39.5 |" in text and "| deployed mIoU | 40 |" in text
+    assert "| overrides | -S adapt.pseudo_threshold=0.9 |" in text
+    assert "| dacs | 39.5 | - | - |" in text and "lineage |" not in text.split("## Candidate lineage")[0]
+    assert "| data_version | embedded-v1 |" in text
+    assert "| git revision | unknown |" in text  # tmp_path is not a git repository
+    assert "| seed | 0 |" in text and "| adapt.pseudo_threshold | 0.968 |" in text
+
+
+@pytest.mark.slow
+def test_real_dvc_experiment_promotes_then_refuses(prefect_server, toy_repo: Path) -> None:
+    """``dvc exp run`` for real on the toy repo: promotes the first model, refuses a worse seed."""
+    first = dacs_retrain(
+        overrides={"seed": 2}, experiment_name="toy-a", repo=str(toy_repo), return_state=True
+    )
+    assert first.is_completed(), first
+    assert first.result()["candidate_mIoU"] == pytest.approx(48.8)  # 40 + 100 * 0.068 + 2
+    assert first.result()["promoted"] is True
+    deployed = toy_repo / "models" / "deployed"
+    assert json.loads((deployed / "deployed.json").read_text())["lineage"]["seed"] == 2
+
+    second = dacs_retrain(overrides={"seed": 1}, experiment_name="toy-b", repo=str(toy_repo)).copy()
+    assert second["promoted"] is False and second["deployed_mIoU"] == pytest.approx(48.8)
+    assert second["git_revision"] == common.git_revision(toy_repo) and len(second["git_revision"]) >= 40
+    assert [d["experiment"] for d in decisions(toy_repo)] == ["toy-a", "toy-b"]
+    shown = json.loads(common.read_command(["dvc", "exp", "show", "--json"], toy_repo))
+    names = {exp["name"] for baseline in shown for exp in baseline.get("experiments") or []}
+    assert {"toy-a", "toy-b"} <= names
