@@ -1,0 +1,207 @@
+"""The paper's analysis over DVC experiments: per-class IoU, mIoU and class conflation, mean ± std over seeds.
+
+Each DVC experiment (``dvc exp run -S adapt.method=... -S seed=...``) is a git commit under
+``refs/exps`` that holds its ``params.yaml``, ``metrics/eval.json`` and ``metrics/per_class_iou.csv``
+(both ``cache: false``). This module reads those commits, groups the runs by variant and writes
+
+* ``variants.md``: one table of mIoU and classes never predicted, one of per-class IoU (mean ± std);
+* ``variants_iou.csv``: long format (variant, class, iou, std) for the ``grouped_bars`` DVC plot.
+
+Variants: ``source_only`` is the ``pretrain`` checkpoint, ``oracle`` the ``oracle`` checkpoint (both
+taken once per seed, whatever the adaptation method), every other variant is the ``adapt`` checkpoint
+of one ``adapt.method`` (``source_only_steps`` when that method is ``source_only``).
+
+Run it with ``python -m dacs_uda.variants --repo . --out reports``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dacs_uda.labels import CLASS_NAMES
+from dacs_uda.utils.io import atomic_path
+from dacs_uda.utils.logging import setup_logging
+
+log = logging.getLogger(__name__)
+
+# Display order: baselines, the method, its ablations, the upper bound.
+VARIANT_ORDER = (
+    "source_only",
+    "source_only_steps",
+    "pseudo_label",
+    "classmix",
+    "cutmix",
+    "dacs",
+    "dist_align",
+    "oracle",
+)
+CHECKPOINT_VARIANTS = {"source_only": "source_only", "oracle": "oracle"}  # eval.json model -> variant
+
+
+@dataclass(frozen=True)
+class Result:
+    """One model of one run: its variant, seed, mIoU, per-class IoU (None: class absent) and conflation."""
+
+    variant: str
+    seed: int
+    miou: float
+    iou: dict[str, float | None]
+    never_predicted: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A variant over its seeds."""
+
+    variant: str
+    seeds: tuple[int, ...]
+    miou: tuple[float, float]
+    iou: dict[str, tuple[float, float] | None]
+    never_predicted: tuple[int, ...]
+
+
+def run_results(params: dict, eval_metrics: dict, per_class_csv: str) -> list[Result]:
+    """The results of one run, from its ``params.yaml``, ``eval.json`` and per-class CSV contents."""
+    method = params["adapt"]["method"]
+    adapted = "source_only_steps" if method == "source_only" else method
+    variants = {**CHECKPOINT_VARIANTS, "dacs": adapted}
+    iou: dict[str, dict[str, float | None]] = {}
+    for row in csv.DictReader(io.StringIO(per_class_csv)):
+        iou.setdefault(row["model"], {})[row["class"]] = float(row["iou"]) if row["iou"] else None
+    return [
+        Result(
+            variants[model],
+            int(params["seed"]),
+            float(values["mIoU"]),
+            iou[model],
+            int(values["never_predicted"]),
+        )
+        for model, values in eval_metrics.items()
+        if isinstance(values, dict) and "mIoU" in values and model in variants
+    ]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(results: Iterable[Result]) -> list[Summary]:
+    """Group by variant (one result per variant and seed: the first wins) in ``VARIANT_ORDER``."""
+    by_variant: dict[str, dict[int, Result]] = {}
+    for result in results:
+        by_variant.setdefault(result.variant, {}).setdefault(result.seed, result)
+    order = [v for v in VARIANT_ORDER if v in by_variant] + sorted(set(by_variant) - set(VARIANT_ORDER))
+    summaries = []
+    for variant in order:
+        runs = [by_variant[variant][seed] for seed in sorted(by_variant[variant])]
+        per_class = {}
+        for name in CLASS_NAMES:
+            present = [r.iou[name] for r in runs if r.iou.get(name) is not None]
+            per_class[name] = mean_std(present) if present else None
+        summaries.append(
+            Summary(
+                variant,
+                tuple(r.seed for r in runs),
+                mean_std([r.miou for r in runs]),
+                per_class,
+                tuple(r.never_predicted for r in runs),
+            )
+        )
+    return summaries
+
+
+def _pm(value: tuple[float, float] | None) -> str:
+    return "–" if value is None else f"{value[0]:.1f} ± {value[1]:.1f}"
+
+
+def markdown(summaries: list[Summary]) -> str:
+    """The two README tables: mIoU with conflation counts, then per-class IoU."""
+    lines = [
+        "| variant | seeds | mIoU | classes never predicted (per seed) |",
+        "|---|---|---:|---|",
+    ]
+    for s in summaries:
+        seeds = ", ".join(map(str, s.seeds))
+        lines.append(f"| {s.variant} | {seeds} | {_pm(s.miou)} | {' / '.join(map(str, s.never_predicted))} |")
+    lines += ["", "| variant | " + " | ".join(CLASS_NAMES) + " |", "|---|" + "---:|" * len(CLASS_NAMES)]
+    for s in summaries:
+        lines.append(f"| {s.variant} | " + " | ".join(_pm(s.iou[name]) for name in CLASS_NAMES) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out_dir: str | Path, summaries: list[Summary]) -> None:
+    """``variants.md`` and ``variants_iou.csv`` in ``out_dir``, each written atomically."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "variants.md") as tmp:
+        tmp.write_text(markdown(summaries))
+    with atomic_path(out_dir / "variants_iou.csv") as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["variant", "class", "iou", "std"])
+        for s in summaries:
+            for name in CLASS_NAMES:
+                if s.iou[name] is not None:
+                    writer.writerow([s.variant, name, round(s.iou[name][0], 2), round(s.iou[name][1], 2)])
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def experiment_revisions(repo: str | Path, include_head: bool = True) -> list[str]:
+    """Commits of the DVC experiments in ``repo`` (``refs/exps``), HEAD first when asked."""
+    refs = _git(Path(repo), "for-each-ref", "--format=%(objectname)", "refs/exps").split()
+    return (["HEAD"] if include_head else []) + refs
+
+
+def revision_results(repo: str | Path, rev: str, params_file: str = "params.yaml") -> list[Result]:
+    """The results stored in one commit; [] (with a warning) when it has no evaluation."""
+    repo = Path(repo)
+    try:
+        params = yaml.safe_load(_git(repo, "show", f"{rev}:{params_file}"))
+        ev = params["evaluate"]
+        metrics = json.loads(_git(repo, "show", f"{rev}:{ev['metrics']}"))
+        per_class = _git(repo, "show", f"{rev}:{ev['per_class']}")
+    except subprocess.CalledProcessError as err:
+        log.warning("skipping %s: %s", rev, err.stderr.strip())
+        return []
+    return run_results(params, metrics, per_class)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", default=".", help="git/DVC repository holding the experiments")
+    parser.add_argument("--out", default="reports", help="folder for variants.md and variants_iou.csv")
+    parser.add_argument("--no-head", action="store_true", help="only the experiments, not the HEAD commit")
+    args = parser.parse_args(argv)
+    setup_logging()
+    results = [
+        r
+        for rev in experiment_revisions(args.repo, not args.no_head)
+        for r in revision_results(args.repo, rev)
+    ]
+    if not results:
+        log.error(
+            "no evaluated runs in %s: run experiments first (dvc exp run -S adapt.method=...)", args.repo
+        )
+        return 1
+    summaries = summarize(results)
+    write_outputs(args.out, summaries)
+    log.info("%d runs, %d variants -> %s", len(results), len(summaries), Path(args.out) / "variants.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
