@@ -123,8 +123,11 @@ def summarize(results: Iterable[Result]) -> list[Summary]:
     return summaries
 
 
-def _pm(value: tuple[float, float] | None) -> str:
-    return "–" if value is None else f"{value[0]:.1f} ± {value[1]:.1f}"
+def _pm(value: tuple[float, float] | None, runs: int) -> str:
+    """``mean ± std``; the bare value for a single run, whose std says nothing."""
+    if value is None:
+        return "–"
+    return f"{value[0]:.1f}" if runs == 1 else f"{value[0]:.1f} ± {value[1]:.1f}"
 
 
 def markdown(summaries: list[Summary]) -> str:
@@ -134,11 +137,12 @@ def markdown(summaries: list[Summary]) -> str:
         "|---|---|---:|---|",
     ]
     for s in summaries:
-        seeds = ", ".join(map(str, s.seeds))
-        lines.append(f"| {s.variant} | {seeds} | {_pm(s.miou)} | {' / '.join(map(str, s.never_predicted))} |")
+        seeds, never = ", ".join(map(str, s.seeds)), " / ".join(map(str, s.never_predicted))
+        lines.append(f"| {s.variant} | {seeds} | {_pm(s.miou, len(s.seeds))} | {never} |")
     lines += ["", "| variant | " + " | ".join(CLASS_NAMES) + " |", "|---|" + "---:|" * len(CLASS_NAMES)]
     for s in summaries:
-        lines.append(f"| {s.variant} | " + " | ".join(_pm(s.iou[name]) for name in CLASS_NAMES) + " |")
+        cells = " | ".join(_pm(s.iou[name], len(s.seeds)) for name in CLASS_NAMES)
+        lines.append(f"| {s.variant} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

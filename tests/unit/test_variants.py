@@ -95,6 +95,8 @@ def test_markdown_tables() -> None:
     assert lines[2] == "| dacs | 0, 1 | 15.0 ± 7.1 | 5 / 3 |"
     assert lines[4].startswith("| variant | road | sidewalk |")
     assert lines[6].startswith("| dacs | 50.0 ± 0.0 | – |")
+    single = markdown(summarize([result("cutmix", 2, 12.34, 1)])).splitlines()
+    assert single[2] == "| cutmix | 2 | 12.3 | 1 |"  # one run: no std
 
 
 def git(repo: Path, *args: str) -> str:
