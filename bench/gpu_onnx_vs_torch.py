@@ -5,7 +5,8 @@ installed beside ``onnxruntime``). Without them it says what is missing and exit
 
     python bench/gpu_onnx_vs_torch.py [--models r101 params] [--batches 1 4 8] [--out bench/results]
 
-For each model (the paper's DeepLab-v2 ResNet-101 and the ``params.yaml`` one; random weights): export
+For each model (the paper's DeepLab-v2 ResNet-101 and the ``params.yaml`` one; random weights, BN
+statistics calibrated on random inputs so that activations stay in fp16's range): export
 with the project's exporter, convert to fp16 with :func:`dacs_uda.export.convert_fp16`, then time at
 1024x512, after warm-up, with the GPU synchronised around each run:
 
@@ -88,9 +89,27 @@ def ort_runner(path: Path, x: torch.Tensor, out: torch.Tensor):
     return run
 
 
+def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """Set the BN running statistics from one pass over ``images``, as training would have.
+
+    With random weights and the default statistics (mean 0, variance 1) the activations of ResNet-101
+    reach about 1e7, far past fp16's range (65504): an fp16 engine would then only measure overflow (the
+    first H200 run, recorded in bench/results/onnx_vs_torch_gpu.md, did). Calibrated, they stay below ~30.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration pass
+    model.train()
+    with torch.no_grad():
+        model(images)
+    model.eval()
+
+
 def bench_model(name: str, cfg: ModelConfig, batches: list[int], warmup: int, reps: int) -> list[dict]:
     torch.manual_seed(0)
-    cpu_model = FullResolution(build_model(cfg)).eval()
+    cpu_model = FullResolution(build_model(cfg))
+    calibrate_batchnorm(cpu_model, torch.randn(2, 3, HEIGHT // 2, WIDTH // 2) * 50)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         fp32, fp16 = Path(folder) / f"{name}.onnx", Path(folder) / f"{name}_fp16.onnx"

@@ -1,4 +1,4 @@
-"""The GPU benchmark is ready to run: it imports here and, without CUDA, says what is missing."""
+"""The GPU benchmarks are ready to run: they import here and, without CUDA, say what is missing."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the script would run for minutes")
-def test_gpu_benchmark_fails_cleanly_without_cuda(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", ["gpu_onnx_vs_torch.py", "gpu_step.py"])
+def test_gpu_benchmark_fails_cleanly_without_cuda(script: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench/gpu_onnx_vs_torch.py"), "--out", str(tmp_path)],
+        [sys.executable, str(REPO / "bench" / script), "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
