@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check of the Prefect deployments (docs/orchestration.md, "Checking a deployment end to end"):
 # a throwaway local Prefect server, `prefect deploy --all` of this project's prefect.yaml, one run of
-# dacs-pipeline/nightly-evaluate with force=true executed by a `--run-once` process worker in REPO_DIR,
+# dacs-pipeline/nightly-evaluate with force=true scheduled START_IN seconds ahead (default 8) and
+# executed by a `--run-once` process worker in REPO_DIR,
 # then the run's final state, duration and markdown report. The server is stopped on exit.
 #
 #   bench/prefect_worker_demo.sh REPO_DIR
@@ -82,8 +83,9 @@ echo "== work pool $POOL and prefect deploy --all (from $PROJECT)"
 prefect work-pool create "$POOL" --type process >/dev/null
 (cd "$PROJECT" && prefect --no-prompt deploy --all)
 
-echo "== flow run of $DEPLOYMENT (force=true)"
-run_output=$(prefect deployment run "$DEPLOYMENT" --param force=true)
+# Scheduled a few seconds ahead, as a cron-created run would be: the worker must hold it until it is due.
+echo "== flow run of $DEPLOYMENT (force=true), scheduled in ${START_IN:-8} s"
+run_output=$(prefect deployment run "$DEPLOYMENT" --param force=true --start-in "in ${START_IN:-8} seconds")
 echo "$run_output"
 RUN_ID=$(sed -n 's/.*UUID: \([0-9a-f-]\{36\}\).*/\1/p' <<<"$run_output" | head -n 1)
 [[ -n $RUN_ID ]] || die "could not read the flow run id"
@@ -120,6 +122,7 @@ with get_client(sync_client=True) as client:
 state = run.state
 print(f"flow run: {run.name} ({run.id})")
 print(f"final state: {state.name if state else None}" + (f" ({state.message})" if state and state.message else ""))
+print(f"scheduled for: {run.expected_start_time}, started: {run.start_time}")
 if run.start_time and run.end_time:
     print(f"duration: {(run.end_time - run.start_time).total_seconds():.1f} s "
           f"(run time {run.total_run_time.total_seconds():.1f} s)")
