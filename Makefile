@@ -35,6 +35,8 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check src tests flows bench
+	$(BIN)/ruff format --check src tests flows bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,10 +5,11 @@ installed beside ``onnxruntime``). Without them it says what is missing and exit
 
     python bench/gpu_onnx_vs_torch.py [--models r101 params] [--batches 1 4 8] [--out bench/results]
 
-For each model (the paper's DeepLab-v2 ResNet-101 and the ``params.yaml`` one; random weights, BN
-statistics calibrated on random inputs so that activations stay in fp16's range): export
-with the project's exporter, convert to fp16 with :func:`dacs_uda.export.convert_fp16`, then time at
-1024x512, after warm-up, with the GPU synchronised around each run:
+For each model (the paper's DeepLab-v2 ResNet-101, ``model=r101``, and the default one of ``conf/``,
+``model=small``; random weights, BN statistics calibrated on random inputs so that activations stay in
+fp16's range): export with the project's exporter (opset and exporter as composed), convert to fp16
+with :func:`dacs_uda.export.convert_fp16`, then time at 1024x512, after warm-up, with the GPU
+synchronised around each run:
 
 * PyTorch eager fp32 (cuDNN autotuning on; TF32 as torch's defaults leave it, recorded);
 * PyTorch eager bf16 (``torch.autocast``);
@@ -28,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +37,17 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from dacs_uda.config import ModelConfig
+from dacs_uda.config import ExportConfig, ModelConfig, compose_params
 from dacs_uda.export import convert_fp16, export_onnx, onnx_metadata
 from dacs_uda.models.deeplabv2 import FullResolution, build_model
 
 WIDTH, HEIGHT = 1024, 512
-MODELS = {
-    "r101": ModelConfig(depths=[3, 4, 23, 3], width=64, aspp_dilations=[6, 12, 18, 24]),
-    "params": ModelConfig(depths=[1, 1, 1, 1], width=16, aspp_dilations=[2, 4, 6, 8]),
-}
+MODELS = {"r101": "model=r101", "params": "model=small"}  # name -> the conf/ model group option
+
+
+def random_init(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with random weights: timing does not depend on them, and nothing is downloaded."""
+    return replace(cfg, init="scratch", weights=None)
 
 
 def missing_requirements() -> list[str]:
@@ -106,7 +110,10 @@ def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> None:
     model.eval()
 
 
-def bench_model(name: str, cfg: ModelConfig, batches: list[int], warmup: int, reps: int) -> list[dict]:
+def bench_model(
+    name: str, cfg: ModelConfig, export: ExportConfig, batches: list[int], warmup: int, reps: int
+) -> list[dict]:
+    opset, dynamo = export.opset, export.dynamo
     torch.manual_seed(0)
     cpu_model = FullResolution(build_model(cfg))
     calibrate_batchnorm(cpu_model, torch.randn(2, 3, HEIGHT // 2, WIDTH // 2) * 50)
@@ -114,7 +121,8 @@ def bench_model(name: str, cfg: ModelConfig, batches: list[int], warmup: int, re
     with tempfile.TemporaryDirectory() as folder:
         fp32, fp16 = Path(folder) / f"{name}.onnx", Path(folder) / f"{name}_fp16.onnx"
         start = time.perf_counter()
-        export_onnx(cpu_model, fp32, 18, False, onnx_metadata(cfg.num_classes, 18, False, {}), (256, 512))
+        metadata = onnx_metadata(cfg.num_classes, opset, dynamo, {})
+        export_onnx(cpu_model, fp32, opset, dynamo, metadata, (256, 512))
         convert_fp16(fp32, fp16)
         print(f"{name}: exported fp32 + fp16 in {time.perf_counter() - start:.1f} s", flush=True)
         model = cpu_model.cuda()
@@ -214,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     rows = []
     for name in args.models:
-        rows += bench_model(name, MODELS[name], args.batches, args.warmup, args.reps)
+        params = compose_params([MODELS[name]])
+        cfg = random_init(params.model)
+        rows += bench_model(name, cfg, params.export, args.batches, args.warmup, args.reps)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "onnx_vs_torch_gpu"
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")

@@ -6,7 +6,8 @@
 #   PYTHONPATH=src bash bench/gpu_pipeline.sh OUT_DIR
 #
 # `validate` is replaced by writing the manifests directly (build_manifest, the function the validate
-# stage calls before its suite); every other stage runs its own module. OUT_DIR receives the metrics
+# stage calls before its suite); every other stage runs its own module (dacs_uda.stages.<stage>, as in
+# dvc.yaml). OUT_DIR receives the metrics
 # files and times.tsv (stage, seconds).
 set -euo pipefail
 out=${1:?usage: bench/gpu_pipeline.sh OUT_DIR}
@@ -42,13 +43,13 @@ for name in ("source", "target"):
 EOF
 }
 
-stage data "$py" -m dacs_uda.data.acquire
+stage data "$py" -m dacs_uda.stages.data
 stage manifests write_manifests
-stage prepare "$py" -m dacs_uda.data.prepare
-stage pretrain "$py" -m dacs_uda.pretrain --section pretrain
-stage oracle "$py" -m dacs_uda.pretrain --section oracle
-stage adapt "$py" -m dacs_uda.adapt
-stage evaluate "$py" -m dacs_uda.evaluate
-stage export "$py" -m dacs_uda.export
-stage evaluate_onnx "$py" -m dacs_uda.evaluate_onnx
+stage prepare "$py" -m dacs_uda.stages.prepare
+stage pretrain "$py" -m dacs_uda.stages.pretrain --section pretrain
+stage oracle "$py" -m dacs_uda.stages.pretrain --section oracle
+stage adapt "$py" -m dacs_uda.stages.adapt
+stage evaluate "$py" -m dacs_uda.stages.evaluate
+stage export "$py" -m dacs_uda.stages.export
+stage evaluate_onnx "$py" -m dacs_uda.stages.evaluate_onnx
 cp metrics/*.json "$out"/

@@ -1,8 +1,9 @@
 """GPU check of the training step: CPU/CUDA parity of every method, and the step time at the paper setting.
 
-1. **Parity.** The ``params.yaml`` model, ``--steps`` calls of :func:`dacs_uda.dacs.step.dacs_step` for
-   every ``adapt.method`` and both fidelities, from the same weights, batch and generator seed, once on
-   the CPU and once on CUDA (TF32 off on both sides). All random draws come from the same CPU generator,
+1. **Parity.** The ``params.yaml`` model, ``--steps`` training steps (:func:`dacs_uda.dacs.step.dacs_loss`,
+   :func:`dacs_uda.train.loop.optimizer_step`, :func:`dacs_uda.dacs.step.update_teacher`) for every
+   ``adapt.method`` and both fidelities, from the same weights, batch and step generators, once on the CPU
+   and once on CUDA (TF32 off on both sides). All random draws come from the same keyed CPU generators,
    so the masks, jitter and blur are the same; what differs is floating-point order (and, once the
    teacher's confidences straddle the threshold, a pseudo-label). Recorded per run: the largest
    |Δ| of the source loss, the mixed loss and λ over the steps, and max |Δ weight| after them.
@@ -33,15 +34,19 @@ from typing import Any
 
 import torch
 
-from dacs_uda.config import AdaptConfig, ModelConfig, load_params
+from dacs_uda.config import AdaptConfig, ModelConfig, compose_params, load_params
 from dacs_uda.dacs.ema import make_teacher
-from dacs_uda.dacs.step import Alignment, Batch, dacs_step
+from dacs_uda.dacs.pseudo import Alignment
+from dacs_uda.dacs.step import Batch, dacs_loss, update_teacher
 from dacs_uda.labels import NUM_CLASSES
 from dacs_uda.models.deeplabv2 import DeepLabV2
 from dacs_uda.optim import build_optimizer
+from dacs_uda.train.loop import optimizer_step
+from dacs_uda.utils.rng import step_random
 
 METHODS = ("dacs", "classmix", "pseudo_label", "dist_align", "cutmix", "source_only")
-R101 = ModelConfig(depths=[3, 4, 23, 3], width=64, aspp_dilations=[6, 12, 18, 24], aspp_sum="first_two")
+# The paper's network with the official ASPP quirk; random weights (no download).
+R101_OVERRIDES = ["model=r101", "model.init=scratch", "model.aspp_sum=first_two"]
 
 
 def make_batch(batch: int, height: int, width: int, device: str, seed: int = 1) -> Batch:
@@ -54,18 +59,35 @@ def make_batch(batch: int, height: int, width: int, device: str, seed: int = 1) 
     return Batch(images[0].to(device), labels.to(device), images[1].to(device))
 
 
+def train_step(
+    student: DeepLabV2,
+    teacher: DeepLabV2,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: AdaptConfig,
+    step: int,
+    alignment: Alignment | None = None,
+) -> dict[str, torch.Tensor]:
+    """One training step composed as the training loop composes it; its generators are keyed by ``step``."""
+    rng = step_random(0, "bench", step, range(batch.source_images.shape[0]))
+    loss, stats = dacs_loss(student, teacher, batch, cfg, rng, alignment)
+    optimizer_step(optimizer, loss)
+    update_teacher(teacher, student, cfg, step)
+    return stats
+
+
 def run_steps(
     model: DeepLabV2, cfg: AdaptConfig, batch: Batch, steps: int, device: str
-) -> tuple[list[Any], dict[str, torch.Tensor]]:
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
     student = copy.deepcopy(model).to(device).train()
     teacher = make_teacher(student).train(cfg.fidelity == "official")
     optimizer = build_optimizer(student, cfg.optim)
     alignment = None
     if cfg.method == "dist_align":
         alignment = Alignment(prior=torch.full((NUM_CLASSES,), 1.0 / NUM_CLASSES, device=device))
-    gen = torch.Generator().manual_seed(0)
-    stats = [dacs_step(student, teacher, optimizer, batch, cfg, i, gen, alignment) for i in range(steps)]
-    return stats, {k: v.detach().cpu() for k, v in student.state_dict().items()}
+    stats = [train_step(student, teacher, optimizer, batch, cfg, i, alignment) for i in range(steps)]
+    floats = [{key: float(value) for key, value in step.items()} for step in stats]
+    return floats, {k: v.detach().cpu() for k, v in student.state_dict().items()}
 
 
 def worst_tensor(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -97,14 +119,12 @@ def parity(params: Any, steps: int) -> list[dict[str, Any]]:
                 "fidelity": fidelity,
                 "steps": steps,
                 **{
-                    f"max_abs_diff_{key}": max(
-                        abs(getattr(a, key) - getattr(b, key)) for a, b in zip(cpu, gpu, strict=True)
-                    )
+                    f"max_abs_diff_{key}": max(abs(a[key] - b[key]) for a, b in zip(cpu, gpu, strict=True))
                     for key in ("loss_source", "loss_mix", "confident")
                 },
                 **worst_tensor(cpu_w, gpu_w),
-                "lambda_cpu": [round(s.confident, 6) for s in cpu],
-                "lambda_gpu": [round(s.confident, 6) for s in gpu],
+                "lambda_cpu": [round(s["confident"], 6) for s in cpu],
+                "lambda_gpu": [round(s["confident"], 6) for s in gpu],
             }  # fmt: skip
             rows.append(row)
             print(
@@ -131,7 +151,6 @@ def step_time(
     teacher = make_teacher(student).train(cfg.fidelity == "official")
     optimizer = build_optimizer(student, cfg.optim)
     data = make_batch(batch, *crop, "cuda")
-    gen = torch.Generator().manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(warmup + reps):
@@ -140,7 +159,7 @@ def step_time(
             torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
         start = time.perf_counter()
-        dacs_step(student, teacher, optimizer, data, cfg, i, gen)
+        train_step(student, teacher, optimizer, data, cfg, i)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     row = {
@@ -215,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_step needs a CUDA device visible to torch (torch {torch.__version__})", file=sys.stderr)
         return 2
     params = load_params()
+    r101 = compose_params(R101_OVERRIDES).model
     parity_rows = parity(params, args.steps)
     torch.backends.cudnn.benchmark = True
     paper = replace(
@@ -224,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         optim=replace(params.adapt.optim, lr=2.5e-4, batch_size=2, duplicate_backbone_updates=True),
     )
     speed_rows = [
-        step_time("ResNet-101 (paper setting)", R101, paper, 2, (512, 512), args.warmup, args.reps),
+        step_time("ResNet-101 (paper setting)", r101, paper, 2, (512, 512), args.warmup, args.reps),
         step_time(
             "params.yaml model (embedded default)",
             params.model,

@@ -34,6 +34,7 @@ from dacs_uda.data import synth
 from dacs_uda.data.datasets import SegmentationDataset
 from dacs_uda.data.formats import FORMATS, write_png16
 from dacs_uda.data.prepare import prepare_domain
+from dacs_uda.utils.io import write_json, write_text
 
 CROP = (512, 512)
 _TO_SYNTHIA = np.zeros(256, dtype=np.uint16)
@@ -151,8 +152,7 @@ def main() -> int:
         "machine": info,
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "loader_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out / "loader_throughput.json", report)
     m = report["machine"]
     lines = [
         "# Loader throughput: decode + resize per step (before) vs the prepared cache (after)",
@@ -172,7 +172,7 @@ def main() -> int:
             f"| {r['dataset']} | {raw} | {size} | {r['before_images_per_s']} | {r['after_images_per_s']} | "
             f"{r['speedup']}x | {r['prepare_s_per_pair_once']} |"
         )
-    (args.out / "loader_throughput.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "loader_throughput.md", "\n".join(lines) + "\n")
     return 0
 
 

@@ -1,11 +1,12 @@
 """ONNX Runtime against PyTorch eager on the CPU: latency and throughput of the same model at 1024x512.
 
-Two models of the DeepLab-v2 family: the one ``params.yaml`` trains (``model`` section) and the paper's
-ResNet-101 (``depths=[3, 4, 23, 3], width=64``, ASPP dilations 6/12/18/24). Each is exported with the
-project's exporter (:func:`dacs_uda.export.export_onnx`, same opset/exporter as ``params.yaml``) and
-timed as deployed: logits at the input resolution (``FullResolution``), fp32, batch 1 and 4, the same
-number of threads for both runtimes. Weights are random (timing does not depend on them); the outputs
-are compared so that a fast but wrong runtime cannot pass.
+Two models of the DeepLab-v2 family: the one ``params.yaml`` trains (``model`` section; the composed
+defaults of ``conf/`` where there is no ``params.yaml``) and the paper's ResNet-101 (``model=r101``:
+``depths=[3, 4, 23, 3], width=64``, ASPP dilations 6/12/18/24). Each is exported with the project's
+exporter (:func:`dacs_uda.export.export_onnx`, same opset/exporter as ``params.yaml``) and timed as
+deployed: logits at the input resolution (``FullResolution``), fp32, batch 1 and 4, the same number of
+threads for both runtimes. Weights are random (timing does not depend on them; ``model.init`` is set to
+``scratch``); the outputs are compared so that a fast but wrong runtime cannot pass.
 
     .venv/bin/python bench/onnx_vs_torch.py [--models params r101] [--threads N] [--out bench/results]
 
@@ -24,6 +25,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,22 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from dacs_uda.config import ModelConfig, load_params
+from dacs_uda.config import ExportConfig, ModelConfig, Params, compose_params, load_params
 from dacs_uda.export import export_onnx, onnx_metadata
 from dacs_uda.models.deeplabv2 import FullResolution, build_model
 
 WIDTH, HEIGHT = 1024, 512
 BATCHES = (1, 4)
-R101 = ModelConfig(depths=[3, 4, 23, 3], width=64, aspp_dilations=[6, 12, 18, 24])
+
+
+def project_params() -> Params:
+    """``params.yaml`` when run where there is one (the repository root), else the defaults of ``conf/``."""
+    return load_params() if Path("params.yaml").is_file() else compose_params()
+
+
+def random_init(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with random weights: timing does not depend on them, and nothing is downloaded."""
+    return replace(cfg, init="scratch", weights=None)
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -87,13 +98,15 @@ def timed(run, reps: int) -> list[float]:
     return times
 
 
-def bench_model(name: str, cfg: ModelConfig, threads: int, reps: int, warm_b4: bool) -> list[dict[str, Any]]:
-    """Export ``cfg`` and time PyTorch eager and ONNX Runtime at batch 1 and 4."""
+def bench_model(
+    name: str, cfg: ModelConfig, export: ExportConfig, threads: int, reps: int, warm_b4: bool
+) -> list[dict[str, Any]]:
+    """Export ``cfg`` (opset and exporter from ``export``) and time PyTorch eager and ONNX Runtime at
+    batch 1 and 4."""
     torch.manual_seed(0)
     model = FullResolution(build_model(cfg)).eval()
     params = sum(p.numel() for p in model.parameters())
-    opts = load_params().export if Path("params.yaml").is_file() else None
-    opset, dynamo = (opts.opset, opts.dynamo) if opts else (18, False)
+    opset, dynamo = export.opset, export.dynamo
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{name}.onnx"
         start = time.perf_counter()
@@ -186,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     info, load_before = machine_info(args.threads), load_average()
+    params = project_params()
     rows = []
     for name in args.models:
         if name == "params":
-            cfg = load_params().model if Path("params.yaml").is_file() else ModelConfig()
-            rows += bench_model("params", ModelConfig(**vars(cfg)), args.threads, args.reps, warm_b4=True)
+            cfg, reps = params.model, args.reps
         else:
-            rows += bench_model("r101", R101, args.threads, args.r101_reps, warm_b4=True)
+            cfg, reps = compose_params(["model=r101"]).model, args.r101_reps
+        rows += bench_model(name, random_init(cfg), params.export, args.threads, reps, warm_b4=True)
     load_after = load_average()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "onnx_vs_torch_cpu"

@@ -9,6 +9,8 @@
 #
 # REPO_DIR: a checkout of this project (or any DVC repo with the stages evaluate and evaluate_onnx and
 # this project's flows/) where `dvc repro` already ran: the run reruns those two stages (force=true).
+# The flows import the package's ground floor (dacs_uda.lineage, dacs_uda.utils): the Python that runs
+# prefect (this project's .venv) must have dacs_uda installed.
 # Prefect's state goes to REPO_DIR/.prefect-demo (wiped at the start, kept afterwards; server log in
 # server.log there). PORT=<n> picks the server's port (default: a free one).
 # Exit status: 0 if the flow run completed, 1 if it did not, 2 on a usage or setup error.
@@ -35,6 +37,7 @@ fi
 command -v prefect >/dev/null || die "prefect not found (run make setup, or activate the venv)"
 PYTHON=$(dirname "$(command -v prefect)")/python
 [[ -x $PYTHON ]] || PYTHON=python3
+"$PYTHON" -c 'import dacs_uda.lineage' 2>/dev/null || die "$PYTHON cannot import dacs_uda (run make setup)"
 
 # Quiet, offline, and state kept apart from any other Prefect setup of this user.
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1

@@ -1,7 +1,8 @@
 """Helpers shared by the flows: running DVC as a subprocess, reading its outputs, publishing artifacts.
 
-Prefect orchestrates, DVC executes: nothing here imports training code from ``dacs_uda``. The flows only
-read what the pipeline writes (``params.yaml``, ``metrics/eval.json``, the ONNX file's metadata).
+Prefect orchestrates, DVC executes: the flows import only the package's ground floor (``dacs_uda.lineage``,
+``dacs_uda.utils``, ``dacs_uda.config``), never a stage. They read what the pipeline writes (``params.yaml``,
+``metrics/eval.json``, the ONNX file's metadata).
 """
 
 from __future__ import annotations
@@ -93,11 +94,6 @@ def run_command(cmd: list[str], cwd: Path, on_line: LineSink) -> int:
     return proc.returncode
 
 
-def _capture(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a short command to completion, stdout and stderr captured apart."""
-    return subprocess.run(cmd, cwd=cwd, env=_child_env(), capture_output=True, text=True, errors="replace")
-
-
 def read_command(cmd: list[str], cwd: Path) -> str:
     """Run a short command and return its stdout (stderr apart, so warnings cannot corrupt JSON output).
 
@@ -106,7 +102,7 @@ def read_command(cmd: list[str], cwd: Path) -> str:
     Raises:
         CommandFailed: If the command exits non-zero (its stderr is logged).
     """
-    proc = _capture(cmd, cwd)
+    proc = subprocess.run(cmd, cwd=cwd, env=_child_env(), capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         logger().error("%s", proc.stderr.strip())
         raise CommandFailed(cmd, proc.returncode)
@@ -166,27 +162,16 @@ def read_eval_metrics(repo: str | Path = ".") -> dict[str, Any] | None:
 
 
 def model_metrics(metrics: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """The per-model entries of an eval metrics dict: the dict values holding ``mIoU``.
+    """The per-model entries of an eval metrics dict (``{model: {"mIoU": ..., ...}}``).
 
-    The file also carries non-model entries (a top-level ``lineage`` dict), which are left out.
+    Only the dict values holding ``mIoU`` count: anything else, such as the top-level ``lineage`` dict that
+    metrics files carried before the lineage moved to the checkpoints and the ONNX metadata, is left out.
     """
     return {
         name: dict(values)
         for name, values in (metrics or {}).items()
         if isinstance(values, Mapping) and "mIoU" in values
     }
-
-
-def git_revision(repo: str | Path = ".") -> str:
-    """The repository's HEAD commit (``+dirty`` when tracked files changed), or ``unknown`` outside git."""
-    try:
-        rev = _capture(["git", "rev-parse", "HEAD"], Path(repo))
-        dirty = _capture(["git", "status", "--porcelain", "--untracked-files=no"], Path(repo))
-    except OSError:
-        return "unknown"
-    if rev.returncode != 0:
-        return "unknown"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def override_args(overrides: Mapping[str, Any] | None) -> list[str]:

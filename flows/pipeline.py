@@ -1,8 +1,9 @@
 """Prefect flow that drives the DVC pipeline, one ``dvc repro --single-item`` task per stage.
 
-Prefect orchestrates, DVC executes (style anchor C9): this module never imports training code from
-``dacs_uda``. DVC stays the one record of what ran, with which params, producing which outs; Prefect
-adds scheduling, retries for the network-bound ``data`` stage, live logs and a run summary artifact.
+Prefect orchestrates, DVC executes (style anchor C9): this module imports no stage of ``dacs_uda``, only
+its ground floor (``dacs_uda.lineage`` for the git revision). DVC stays the one record of what ran, with
+which params, producing which outs; Prefect adds scheduling, retries for the network-bound ``data``
+stage, live logs and a run summary artifact.
 
 Run it once locally with ``python flows/pipeline.py``.
 """
@@ -16,11 +17,11 @@ from typing import Any
 import yaml
 from prefect import Task, flow, task
 
+from dacs_uda.lineage import git_revision
 from flows import common
 from flows.common import (
     CommandFailed,
     context_section,
-    git_revision,
     logger,
     markdown_table,
     metrics_section,

@@ -7,16 +7,16 @@ deployed model lives in ``deployed_dir`` (``model.onnx`` + ``deployed.json``). T
 when its target mIoU is >= the deployed one's (or nothing is deployed) and its ONNX lineage is complete.
 Every decision is appended to ``deployed_dir/decisions.jsonl`` and published as a markdown artifact.
 
-No training code is imported: DVC runs the stages, the flow only reads their outputs.
+No stage is imported: DVC runs the stages, the flow only reads their outputs. The lineage rule (which keys
+a promoted model must carry) and the atomic writer are the package's own (``dacs_uda.lineage``,
+``dacs_uda.utils.io``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +26,13 @@ import onnx
 from prefect import flow, task
 from prefect.context import FlowRunContext
 
+from dacs_uda.lineage import REQUIRED_FOR_PROMOTION, git_revision, missing_lineage
+from dacs_uda.utils.io import atomic_path, write_json
 from flows import common
 from flows.common import (
     context_section,
     experiment_command,
     fmt,
-    git_revision,
     logger,
     markdown_table,
     metrics_section,
@@ -49,8 +50,6 @@ DEPLOYED_DIR = "models/deployed"
 DEPLOYED_MODEL = "model.onnx"
 DEPLOYED_RECORD = "deployed.json"
 DECISION_LOG = "decisions.jsonl"
-# What a promoted model must be traceable to; "unknown" is what the exporter writes when it could not tell.
-LINEAGE_KEYS = ("git_revision", "params_hash", "seed", "data_version")
 
 
 class LineageIncomplete(ValueError):
@@ -79,11 +78,6 @@ def read_lineage(model: str | Path) -> dict[str, Any]:
     except ValueError:
         return {}
     return lineage if isinstance(lineage, dict) else {}
-
-
-def missing_lineage(lineage: Mapping[str, Any]) -> list[str]:
-    """The required lineage keys that are absent, empty or ``unknown``."""
-    return [key for key in LINEAGE_KEYS if lineage.get(key) in (None, "", "unknown")]
 
 
 def read_candidate(repo: str | Path) -> dict[str, Any]:
@@ -123,8 +117,9 @@ def read_deployed(deployed_dir: Path) -> dict[str, Any] | None:
 
 
 def decide(candidate: Mapping[str, Any], deployed: Mapping[str, Any] | None) -> tuple[bool, str]:
-    """Whether to promote the candidate, and why: complete lineage, and mIoU >= the deployed one's."""
-    missing = missing_lineage(candidate["lineage"])
+    """Whether to promote the candidate, and why: complete lineage (``REQUIRED_FOR_PROMOTION``), and mIoU
+    >= the deployed one's."""
+    missing = missing_lineage(candidate["lineage"], REQUIRED_FOR_PROMOTION)
     if missing:
         return False, f"refused: incomplete lineage (missing or unknown: {', '.join(missing)})"
     if deployed is None:
@@ -134,32 +129,14 @@ def decide(candidate: Mapping[str, Any], deployed: Mapping[str, Any] | None) -> 
     return False, f"refused: candidate mIoU {candidate['mIoU']:g} < deployed {deployed['mIoU']:g}"
 
 
-def _atomic_write(target: Path, write: Any) -> None:
-    """Write ``target`` through a temporary file in the same directory and ``os.replace``: readers (a
-    serving process) see the old file or the new one, never a half-written one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _promote(model: str, deployed_dir: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Copy ``model`` to ``deployed_dir/model.onnx`` and write ``deployed.json``, each atomically.
+    """Copy ``model`` to ``deployed_dir/model.onnx`` and write ``deployed.json``, each atomically: readers
+    (a serving process) see the old file or the new one, never a half-written one.
 
     The model goes first: the record then never names weights that are not in place yet.
 
@@ -168,14 +145,13 @@ def _promote(model: str, deployed_dir: str, record: dict[str, Any]) -> dict[str,
             caller can deploy an untraceable model).
     """
     source, target_dir = Path(model), Path(deployed_dir)
-    missing = missing_lineage(read_lineage(source))
+    missing = missing_lineage(read_lineage(source), REQUIRED_FOR_PROMOTION)
     if missing:
         raise LineageIncomplete(f"{source}: lineage missing or unknown: {', '.join(missing)}")
-    with source.open("rb") as src:
-        _atomic_write(target_dir / DEPLOYED_MODEL, lambda dst: shutil.copyfileobj(src, dst))
+    with atomic_path(target_dir / DEPLOYED_MODEL) as tmp:
+        shutil.copyfile(source, tmp)
     record = {**record, "model": DEPLOYED_MODEL, "sha256": _sha256(target_dir / DEPLOYED_MODEL)}
-    payload = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
-    _atomic_write(target_dir / DEPLOYED_RECORD, lambda dst: dst.write(payload))
+    write_json(target_dir / DEPLOYED_RECORD, record)
     logger().info("promoted %s to %s (mIoU %s)", source, target_dir / DEPLOYED_MODEL, record.get("mIoU"))
     return record
 

@@ -15,7 +15,6 @@ and the flow reports the ``dacs`` mIoU's mean ± sample std over seeds per thres
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +22,14 @@ from typing import Any
 
 from prefect import flow, task
 
+from dacs_uda.lineage import git_revision
+from dacs_uda.utils.stats import mean_std
 from flows import common
 from flows.common import (
     CommandFailed,
     context_section,
     eval_metrics_path,
     experiment_command,
-    git_revision,
     logger,
     markdown_table,
     param,
@@ -125,13 +125,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for threshold in sorted(by_threshold):
         values = [row["mIoU"] for row in by_threshold[threshold]]
+        mean, std = mean_std(values)
         summary.append(
             {
                 "threshold": threshold,
                 "seeds": sorted(row["seed"] for row in by_threshold[threshold]),
                 "n": len(values),
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "mean": mean,
+                "std": std,
             }
         )
     return summary

@@ -1,42 +1,73 @@
-"""Shared fixtures: a tiny, fast configuration of the real pipeline."""
+"""Shared fixtures: a tiny, fast configuration of the real pipeline, shrunk from the composed ``conf/``."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dacs_uda.config import EmbeddedConfig, ModelConfig, OptimConfig, Params
+from dacs_uda.config import ModelConfig, Params, compose_params
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+# The embedded pipeline shrunk to seconds: 64-px frames, a 4-channel model, 3 steps of batch 2.
+TINY_OVERRIDES = (
+    "data.embedded.n_source=8",
+    "data.embedded.n_target_train=6",
+    "data.embedded.n_target_val=4",
+    "data.embedded.source_size=[64,36]",
+    "data.embedded.target_size=[64,32]",
+    "data.source.resize=[64,36]",
+    "data.target.resize=[64,32]",
+    "data.crop=[32,32]",
+    "model.width=4",
+    "model.aspp_dilations=[1,2]",
+    *(
+        f"{section}.{key}"
+        for section in ("pretrain", "oracle", "adapt")
+        for key in ("optim.iterations=3", "optim.batch_size=2", "optim.lr=0.01", "log_every=1")
+    ),
+    "evaluate.batch_size=4",
+    "evaluate.num_samples=2",
+)
+
+
+@functools.cache
+def _tiny_base() -> Params:
+    return compose_params(TINY_OVERRIDES)
+
 
 def tiny_params(**overrides) -> Params:
-    """Params of the embedded pipeline shrunk to seconds: 64-px frames, a 4-channel model, 3 steps."""
-    params = Params()
-    params.data.embedded = EmbeddedConfig(
-        n_source=8, n_target_train=6, n_target_val=4, source_size=[64, 36], target_size=[64, 32]
-    )
-    params.data.source.resize = [64, 36]
-    params.data.target.resize = [64, 32]
-    params.data.crop = [32, 32]
-    params.model = ModelConfig(width=4, depths=[1, 1, 1, 1], aspp_dilations=[1, 2])
-    for section in (params.pretrain, params.oracle, params.adapt):
-        section.optim = OptimConfig(iterations=3, batch_size=2, lr=0.01)
-        section.log_every = 1
-    params.evaluate.batch_size = 4
-    params.evaluate.num_samples = 2
+    """The real default params (``conf/``) shrunk by :data:`TINY_OVERRIDES`; ``overrides`` set sections."""
+    params = copy.deepcopy(_tiny_base())
     for key, value in overrides.items():
         setattr(params, key, value)
     return params
 
 
+def tiny_model(**changes) -> ModelConfig:
+    """The tiny model of :func:`tiny_params` (width 4, one block per stage), with ``changes``."""
+    return dataclasses.replace(_tiny_base().model, **changes)
+
+
+@functools.cache
+def _r101() -> ModelConfig:
+    return compose_params(["model=r101"]).model
+
+
+def r101_model(**changes) -> ModelConfig:
+    """The paper's ResNet-101 (``conf/model/r101.yaml``), randomly initialised unless ``changes`` say."""
+    return dataclasses.replace(_r101(), **{"init": "scratch", "weights": None, **changes})
+
+
 def write_params(directory: Path, params: Params) -> Path:
     path = directory / "params.yaml"
-    path.write_text(yaml.safe_dump(asdict(params), sort_keys=False))
+    path.write_text(yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
     return path
 
 

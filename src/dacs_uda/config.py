@@ -1,22 +1,28 @@
-"""Typed, validated view of ``params.yaml``.
+"""Typed, validated view of ``params.yaml``: types, bounds and checks, and no defaults.
 
-Every stage calls :func:`load_params` first: unknown keys, wrong types and out-of-range values
-are rejected with a message that names the key, before any work starts.
+The defaults live in one place, ``conf/`` (Hydra groups), which DVC composes into ``params.yaml``.
+Every stage calls :func:`load_params` first: missing and unknown keys, wrong types and out-of-range
+values are rejected with a message that names the key, before any work starts.
+:func:`compose_params` gives the composed defaults (with overrides) without writing a file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 PARAMS_FILE = Path("params.yaml")
+# The defaults, and the only place they live: Hydra composes them into params.yaml (dvc exp run).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+DOMAINS = ("source", "target")
 
 SOURCE_FORMATS = ("gta5", "synthia")
 TARGET_FORMATS = ("cityscapes",)
@@ -57,12 +63,12 @@ def _check_size(value: list[int], key: str) -> None:
 class EmbeddedConfig:
     """The generated street-scene benchmark (see ``dacs_uda.data.synth``)."""
 
-    seed: int = 0
-    n_source: int = 600
-    n_target_train: int = 300
-    n_target_val: int = 100
-    source_size: list[int] = field(default_factory=lambda: [256, 144])  # W, H as written to disk
-    target_size: list[int] = field(default_factory=lambda: [256, 128])  # W, H as written to disk
+    seed: int
+    n_source: int
+    n_target_train: int
+    n_target_val: int
+    source_size: list[int]  # W, H as written to disk
+    target_size: list[int]  # W, H as written to disk
 
     def __post_init__(self) -> None:
         for key in ("n_source", "n_target_train", "n_target_val"):
@@ -75,29 +81,27 @@ class EmbeddedConfig:
 class DomainConfig:
     """Where one domain lives on disk, in which official layout, and how it is resized on load."""
 
-    format: str = "gta5"
-    root: str = "data/raw/source"
-    resize: list[int] = field(default_factory=lambda: [256, 144])  # W, H (official: 1280x720 / 1024x512)
+    format: str
+    root: str
+    resize: list[int]  # W, H (official: 1280x720 / 1024x512)
     # Real data only: expected pairs per split; None = the official counts (GTA5 24,966, SYNTHIA 9,400,
     # Cityscapes 2,975 train + 500 val). Set it only for a deliberate subset.
-    counts: dict[str, int] | None = None
+    counts: dict[str, int] | None
 
 
 @dataclass
 class DataConfig:
-    pair: str = "embedded"
-    source: DomainConfig = field(default_factory=DomainConfig)
-    target: DomainConfig = field(
-        default_factory=lambda: DomainConfig(format="cityscapes", root="data/raw/target", resize=[256, 128])
-    )
-    crop: list[int] = field(default_factory=lambda: [128, 128])  # H, W (official: 512x512)
-    manifests: str = "data/manifests"  # validated manifests of the raw data (stage validate)
-    prepared: str = "data/prepared"  # resized cache + the manifests training reads (stage prepare)
-    download: bool = False  # real pairs: download missing datasets (else only locate them)
-    downloads: str = "data/downloads"  # where archives are downloaded to (resumable)
-    checksums: str | None = None  # optional file of pinned archive checksums (`sha256sum` format)
-    num_workers: int = 0  # loader processes; crops come from a seeded sampler, so results do not change
-    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    pair: str
+    source: DomainConfig
+    target: DomainConfig
+    crop: list[int]  # H, W (official: 512x512)
+    manifests: str  # validated manifests of the raw data (stage validate)
+    prepared: str  # resized cache + the manifests training reads (stage prepare)
+    download: bool  # real pairs: download missing datasets (else only locate them)
+    downloads: str  # where archives are downloaded to (resumable)
+    checksums: str | None  # optional file of pinned archive checksums (`sha256sum` format)
+    num_workers: int  # loader processes; crops come from a seeded sampler, so results do not change
+    embedded: EmbeddedConfig
 
     def __post_init__(self) -> None:
         _check(self.pair in DATA_PAIRS, "data.pair", f"must be one of {DATA_PAIRS}, got {self.pair!r}")
@@ -131,19 +135,19 @@ class DataConfig:
 class ModelConfig:
     """DeepLab-v2 family: ResNet backbone (output stride 8) + ASPP classifier."""
 
-    arch: str = "deeplabv2"
-    depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])  # ResNet-101: [3, 4, 23, 3]
-    width: int = 16  # stem channels; ResNet-101: 64
-    aspp_dilations: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
-    num_classes: int = 19
-    freeze_bn_affine: bool = True  # DeepLab-v2 keeps BN scale/shift fixed
+    arch: str
+    depths: list[int]  # ResNet-101: [3, 4, 23, 3]
+    width: int  # stem channels; ResNet-101: 64
+    aspp_dilations: list[int]
+    num_classes: int
+    freeze_bn_affine: bool  # DeepLab-v2 keeps BN scale/shift fixed
     # all: the ASPP output is the sum of every branch; first_two: only the first two branches (d6 + d12),
     # as the official Classifier_Module, which returns inside its loop (the others get no gradient).
-    aspp_sum: str = "all"
+    aspp_sum: str
     # scratch: random init; imagenet: torchvision ImageNet weights (downloaded, or the local copy at
     # `weights`); file: the weights file at `weights` (DeepLab COCO layout, torchvision layout or ours).
-    init: str = "scratch"
-    weights: str | None = None
+    init: str
+    weights: str | None
 
     def __post_init__(self) -> None:
         _check(self.arch in ARCHS, "model.arch", f"must be one of {ARCHS}, got {self.arch!r}")
@@ -177,17 +181,17 @@ class ModelConfig:
 class OptimConfig:
     """SGD with poly decay, classifier at ``head_lr_mult`` times the backbone rate (as in DACS)."""
 
-    iterations: int = 1000
-    batch_size: int = 4
-    lr: float = 0.01
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
+    iterations: int
+    batch_size: int
+    lr: float
+    head_lr_mult: float
+    momentum: float
+    weight_decay: float
+    poly_power: float
     # true: the official optimiser (§3.3): each backbone conv weight is updated once per time the official
     # parameter generator lists it (stem 1, bottleneck convs 3, downsample convs 4), sequentially with
     # one momentum buffer; false: one update per parameter (clean).
-    duplicate_backbone_updates: bool = False
+    duplicate_backbone_updates: bool
 
     def _validate(self, section: str) -> None:
         _check(self.iterations >= 1, f"{section}.optim.iterations", "must be >= 1")
@@ -203,12 +207,12 @@ class OptimConfig:
 class TrainConfig:
     """Supervised training on one domain: source pre-training, or the target oracle."""
 
-    domain: str = "source"
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    log_every: int = 50
-    checkpoint: str = "models/source.pt"
-    curve: str = "metrics/pretrain_curve.csv"
-    metrics: str = "metrics/pretrain.json"
+    domain: str
+    optim: OptimConfig
+    log_every: int
+    checkpoint: str
+    curve: str
+    metrics: str
 
     def validate(self, section: str) -> None:
         _check(self.domain in ("source", "target"), f"{section}.domain", "must be 'source' or 'target'")
@@ -220,28 +224,26 @@ class TrainConfig:
 class AdaptConfig:
     """DACS adaptation (paper constants as defaults)."""
 
-    method: str = "dacs"
-    init: str = "pretrained"  # start from the pretrain checkpoint, or from scratch
+    method: str
+    init: str  # start from the pretrain checkpoint, or from scratch
     # official: ignore label pickable by the class mask, teacher BN in train mode (target-batch
     # statistics, parameters-only EMA), one jitter/blur decision per batch; clean fixes all three.
-    fidelity: str = "official"
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    ema_alpha: float = 0.99
-    pseudo_threshold: float = 0.968
-    mix_weight: float = 1.0
-    jitter_p: float = 0.8
-    jitter_strength: float = 0.25
-    blur_p: float = 0.5
-    blur_sigma: list[float] = field(default_factory=lambda: [0.15, 1.15])
-    cutmix_area: float = 0.5  # method cutmix: fraction of the target covered by the source box
-    da_prior: str = (
-        "target_labels"  # method dist_align: class prior p (target_labels is the paper's oracle prior)
-    )
-    da_momentum: float = 0.99  # method dist_align: running mean of teacher predictions
-    log_every: int = 50
-    checkpoint: str = "models/dacs.pt"
-    curve: str = "metrics/adapt_curve.csv"
-    metrics: str = "metrics/adapt.json"
+    fidelity: str
+    optim: OptimConfig
+    ema_alpha: float
+    pseudo_threshold: float
+    mix_weight: float
+    jitter_p: float
+    jitter_strength: float
+    blur_p: float
+    blur_sigma: list[float]
+    cutmix_area: float  # method cutmix: fraction of the target covered by the source box
+    da_prior: str
+    da_momentum: float  # method dist_align: running mean of teacher predictions
+    log_every: int
+    checkpoint: str
+    curve: str
+    metrics: str
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "adapt.method", f"must be one of {METHODS}, got {self.method!r}")
@@ -272,24 +274,19 @@ class AdaptConfig:
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = 8
-    models: dict[str, str] = field(
-        default_factory=lambda: {
-            "source_only": "models/source.pt",
-            "dacs": "models/dacs.pt",
-            "oracle": "models/oracle.pt",
-        }
-    )
-    metrics: str = "metrics/eval.json"
-    per_class: str = "metrics/per_class_iou.csv"
-    samples_dir: str = "reports/samples"
-    num_samples: int = 4
+    batch_size: int
+    models: dict[str, str]
+    metrics: str
+    lineage: str  # the run's lineage, written once per run (not into every metrics file)
+    per_class: str
+    samples_dir: str
+    num_samples: int
     # official: labels nearest-resized to data.target.resize (DACS);
     # full: logits upsampled to the native label size (what the Cityscapes benchmark scores)
-    protocol: str = "official"
-    confusion: str = "metrics/confusion.csv"
-    predictions_dir: str = "predictions"  # Cityscapes-format label-id and colour PNGs, one folder per model
-    save_predictions: list[str] = field(default_factory=lambda: ["dacs"])  # names from `models`
+    protocol: str
+    confusion: str
+    predictions_dir: str  # Cityscapes-format label-id and colour PNGs, one folder per model
+    save_predictions: list[str]  # names from `models`
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
@@ -306,17 +303,17 @@ class EvaluateConfig:
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = "models/dacs.pt"
-    onnx: str = "models/dacs.onnx"
-    opset: int = 18
-    dynamo: bool = False
-    parity_atol: float = 1e-3
-    min_argmax_agreement: float = 0.999
-    metrics: str = "metrics/export.json"
-    fp16_onnx: str = "models/dacs_fp16.onnx"  # float16 weights and arithmetic (GPU deployment)
-    fp16_min_argmax_agreement: float = 0.99
-    max_miou_diff: float = 0.1  # evaluate_onnx fails when |mIoU(ONNX) - mIoU(PyTorch)| exceeds this (points)
-    eval_metrics: str = "metrics/eval_onnx.json"
+    checkpoint: str
+    onnx: str
+    opset: int
+    dynamo: bool
+    parity_atol: float
+    min_argmax_agreement: float
+    metrics: str
+    fp16_onnx: str  # float16 weights and arithmetic (GPU deployment)
+    fp16_min_argmax_agreement: float
+    max_miou_diff: float  # evaluate_onnx fails when |mIoU(ONNX) - mIoU(PyTorch)| exceeds this (points)
+    eval_metrics: str
 
     def __post_init__(self) -> None:
         _check(7 <= self.opset <= 23, "export.opset", "must be in [7, 23]")
@@ -332,22 +329,15 @@ class ExportConfig:
 class Params:
     """The whole of ``params.yaml``."""
 
-    seed: int = 0
-    deterministic: bool = True
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pretrain: TrainConfig = field(default_factory=TrainConfig)
-    oracle: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            domain="target",
-            checkpoint="models/oracle.pt",
-            curve="metrics/oracle_curve.csv",
-            metrics="metrics/oracle.json",
-        )
-    )
-    adapt: AdaptConfig = field(default_factory=AdaptConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    seed: int
+    deterministic: bool
+    data: DataConfig
+    model: ModelConfig
+    pretrain: TrainConfig
+    oracle: TrainConfig
+    adapt: AdaptConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
 
     def __post_init__(self) -> None:
         self.pretrain.validate("pretrain")
@@ -356,30 +346,46 @@ class Params:
 
 def _check_sections(raw: dict[str, Any], schema: type, prefix: str = "") -> None:
     """Sections must be mappings: OmegaConf's own error for ``adapt: 5`` does not name the key."""
+    hints = get_type_hints(schema)
     for f in fields(schema):
-        default = f.default_factory() if f.default_factory is not MISSING else None
-        if not is_dataclass(default) or raw.get(f.name) is None:
+        section = hints[f.name]
+        if not is_dataclass(section) or raw.get(f.name) is None:
             continue
         key, value = f"{prefix}{f.name}", raw[f.name]
         if not isinstance(value, dict):
             raise ConfigError(f"params.yaml: `{key}` must be a mapping, got {value!r}")
-        _check_sections(value, type(default), f"{key}.")
+        _check_sections(value, section, f"{key}.")  # type: ignore[arg-type]
 
 
 def parse_params(raw: dict[str, Any]) -> Params:
-    """Validate a params mapping against the schema; raise :class:`ConfigError` naming the bad key."""
+    """Validate a params mapping against the schema; raise :class:`ConfigError` naming the bad key.
+
+    Every key must be present (the schema has no defaults: they live in ``conf/``), none may be unknown.
+    """
     _check_sections(raw, Params)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Params), raw)
-        models = (raw.get("evaluate") or {}).get("models")
-        if isinstance(models, dict):  # merge() unions mappings: the file's models replace the defaults
-            merged.evaluate.models = models
-        params = OmegaConf.to_object(merged)
+        params = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Params), raw))
     except OmegaConfBaseException as err:
         # OmegaConf's message already names the full key and the expected type.
         raise ConfigError(f"params.yaml: {str(err).splitlines()[0]} (key: {err.full_key})") from None
     assert isinstance(params, Params)
     return params
+
+
+def compose_params(overrides: list[str] | tuple[str, ...] = (), conf_dir: str | Path = CONF_DIR) -> Params:
+    """The params that ``dvc exp run -S OVERRIDE ...`` would write, composed with Hydra from ``conf/``.
+
+    Args:
+        overrides: Hydra overrides (``method=cutmix``, ``adapt.optim.iterations=10``).
+        conf_dir: The config folder (the repository's ``conf/`` by default).
+    """
+    from hydra import compose, initialize_config_dir  # only the callers that compose pay for Hydra
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        composed = compose(config_name="config", overrides=list(overrides))
+    raw = OmegaConf.to_container(composed, resolve=True)
+    assert isinstance(raw, dict)
+    return parse_params(raw)  # type: ignore[arg-type]
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: per-class IoU and mIoU of every trained model on target val.
+"""Evaluation: per-class IoU and mIoU of every trained model on target val.
 
 Two protocols (``evaluate.protocol``); in both the image is resized to ``data.target.resize`` (1024x512
 for Cityscapes), single scale, no flipping, and the logits are bilinearly upsampled to the input size
@@ -35,9 +35,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dacs_uda.config import Params, load_params
+from dacs_uda.config import Params
 from dacs_uda.data.datasets import load_pair, manifest_path, read_manifest
-from dacs_uda.data.transforms import denormalize, normalize
 from dacs_uda.inference import OnnxSegmenter
 from dacs_uda.labels import (
     CLASS_NAMES,
@@ -49,13 +48,11 @@ from dacs_uda.labels import (
     train_id_to_label_id_lut,
 )
 from dacs_uda.metrics import ConfusionMatrix
+from dacs_uda.models.checkpoint import load_model
 from dacs_uda.models.deeplabv2 import FullResolution, upsample_logits
-from dacs_uda.pretrain import pick_device
-from dacs_uda.utils.checkpoint import load_model
-from dacs_uda.utils.io import atomic_path, write_json
-from dacs_uda.utils.lineage import lineage, with_lineage
-from dacs_uda.utils.logging import setup_logging
-from dacs_uda.viz import grid, label_panel, save_png
+from dacs_uda.utils.image import as_size, denormalize, normalize
+from dacs_uda.utils.io import atomic_path
+from dacs_uda.viz import grid, label_panel
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +70,8 @@ def load_label(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
     with Image.open(path) as lab:
         # GTA5 labels are palette PNGs: the indices (not the colours) are the label ids.
         label = lab.copy() if lab.mode in ("P", "L") else lab.convert("L")
-    if size is not None and label.size != tuple(size):
-        label = label.resize(tuple(size), Image.NEAREST)
+    if size is not None and label.size != as_size(size):
+        label = label.resize(as_size(size), Image.Resampling.NEAREST)
     return _TO_TRAIN_ID[np.asarray(label, dtype=np.uint8)]
 
 
@@ -85,7 +82,8 @@ class EvalDataset(Dataset):
         self, manifest: pd.DataFrame, input_size: tuple[int, int], label_size: tuple[int, int] | None
     ) -> None:
         self.images, self.labels = manifest["image"].tolist(), manifest["label"].tolist()
-        self.input_size, self.label_size = tuple(input_size), label_size and tuple(label_size)
+        self.input_size = as_size(input_size)
+        self.label_size = None if label_size is None else as_size(label_size)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -128,7 +126,7 @@ def val_loader(params: Params, protocol: str | None = None) -> DataLoader:
         else:
             log.warning("the manifest has no raw_label column: protocol full scores the prepared labels")
     resize = params.data.target.resize
-    dataset = EvalDataset(rows, resize, label_size_for(protocol, resize))
+    dataset = EvalDataset(rows, as_size(resize), label_size_for(protocol, resize))
     return DataLoader(
         dataset,
         batch_size=params.evaluate.batch_size,
@@ -318,36 +316,5 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """A training-id label resized (nearest) to ``size`` (H, W) for the sample picture."""
     array = label.numpy().astype(np.uint8)
     if array.shape != tuple(size):
-        array = np.asarray(Image.fromarray(array).resize(size[::-1], Image.NEAREST))
+        array = np.asarray(Image.fromarray(array).resize(size[::-1], Image.Resampling.NEAREST))
     return array
-
-
-def main() -> int:
-    setup_logging()
-    params = load_params()
-    cfg, device = params.evaluate, pick_device()
-    loader = val_loader(params)
-    backends = {name: load_backend(path, device) for name, path in cfg.models.items()}
-    with atomic_path(cfg.predictions_dir) as staged:
-        staged.mkdir(parents=True)
-        writer = PredictionWriter(staged, cfg.save_predictions)
-        matrices = evaluate_backends(backends, loader, device, writer, f"evaluate ({cfg.protocol})")
-    results = {name: summarize(matrix) for name, matrix in matrices.items()}
-    for name, result in results.items():
-        log.info(
-            "%s: mIoU %.2f (16: %.2f, 13: %.2f) on target val, %s protocol (%d classes never predicted)",
-            name, result["mIoU"], result["mIoU16"], result["mIoU13"], cfg.protocol, result["never_predicted"],
-        )  # fmt: skip
-    summaries = {name: {k: v for k, v in r.items() if k != "iou"} for name, r in results.items()}
-    write_json(cfg.metrics, with_lineage(summaries, lineage(params)))  # models: the dicts with "mIoU"
-    write_per_class(cfg.per_class, results)
-    write_confusion(cfg.confusion, matrices)
-    if cfg.num_samples:
-        save_png(
-            Path(cfg.samples_dir) / "target_val.png", sample_grid(backends, loader, device, cfg.num_samples)
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Stage ``evaluate_onnx``: the exported models' mIoU on target val, measured, not assumed.
+"""ONNX evaluation: the exported models' mIoU on target val, measured, not assumed.
 
 The PyTorch checkpoint that was exported (``export.checkpoint``), its ONNX model (``export.onnx``) and
 the float16 copy (``export.fp16_onnx``) go through the evaluation loop of :mod:`dacs_uda.evaluate`
@@ -13,21 +13,13 @@ by more than ``export.max_miou_diff`` points or its argmax agreement is under
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import torch
 
-from dacs_uda.config import ExportConfig, load_params
-from dacs_uda.evaluate import evaluate_backends, onnx_backend, torch_backend, val_loader
-from dacs_uda.inference import OnnxSegmenter
+from dacs_uda.config import ExportConfig
 from dacs_uda.labels import SYNTHIA_13, SYNTHIA_16
 from dacs_uda.metrics import ConfusionMatrix
-from dacs_uda.pretrain import pick_device
-from dacs_uda.utils.checkpoint import load_model
-from dacs_uda.utils.io import write_json
-from dacs_uda.utils.lineage import lineage, with_lineage
-from dacs_uda.utils.logging import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -101,40 +93,3 @@ def compare(
     metrics["max_miou_diff"] = cfg.max_miou_diff
     metrics["pass"] = passed
     return metrics
-
-
-def main() -> int:
-    """Evaluate ``export.onnx`` and ``export.fp16_onnx`` against ``export.checkpoint``; exit 1 on a gap."""
-    setup_logging()
-    params = load_params()
-    cfg, device = params.export, pick_device()
-    backends = {
-        REFERENCE: torch_backend(load_model(cfg.checkpoint)[0].to(device)),
-        "onnx": onnx_backend(OnnxSegmenter(cfg.onnx)),
-        "onnx_fp16": onnx_backend(OnnxSegmenter(cfg.fp16_onnx)),
-    }
-    tracker = ParityTracker()
-    loader = val_loader(params)
-    matrices = evaluate_backends(
-        backends, loader, device, tracker, f"evaluate ONNX ({params.evaluate.protocol})"
-    )
-    metrics = compare(matrices, tracker, cfg)
-    write_json(cfg.eval_metrics, with_lineage(metrics, lineage(params)))
-    for name in ("onnx", "onnx_fp16"):
-        m, ref = metrics[name], metrics[REFERENCE]["mIoU"]
-        log.info(
-            "%s: mIoU %.2f vs PyTorch %.2f (Δ %+.4f), argmax agreement %.6f, max |Δ logit| %.3g",
-            name, m["mIoU"], ref, m["miou_diff"], m["argmax_agreement"], m["max_abs_diff"],
-        )  # fmt: skip
-    if not metrics["pass"]:
-        log.error(
-            "the exported model does not reproduce PyTorch on target val (limits: |Δ mIoU| <= %g, "
-            "argmax agreement >= %g, fp16 >= %g); see %s",
-            cfg.max_miou_diff, cfg.min_argmax_agreement, cfg.fp16_min_argmax_agreement, cfg.eval_metrics,
-        )  # fmt: skip
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,10 @@
-"""The ``export`` stage: checkpoint -> self-describing ONNX model, gated by PyTorch/ONNX Runtime parity.
+"""ONNX export: checkpoint -> self-describing ONNX model, gated by PyTorch/ONNX Runtime parity.
 
-Run as ``python -m dacs_uda.export``. The ONNX file takes one input, ``image`` (float32 N x 3 x H x W,
-normalised as in :func:`dacs_uda.data.transforms.normalize`), and returns ``logits`` (N x C x H x W) at the
-input resolution; batch, height and width are dynamic. Its ``metadata_props`` carry everything a consumer
-needs (class names, palette, normalisation) and where the weights came from (lineage).
+The ``export`` stage (:mod:`dacs_uda.stages.export`) runs it. The ONNX file takes one input,
+``image`` (float32 N x 3 x H x W, normalised as in :func:`dacs_uda.utils.image.normalize`), and returns
+``logits`` (N x C x H x W) at the input resolution; batch, height and width are dynamic. Its
+``metadata_props`` carry everything a consumer needs (class names, palette, normalisation) and where
+the weights came from (lineage).
 
 The model only lands at ``params.export.onnx`` if it matches PyTorch on real target-val images at two
 spatial sizes; the numbers go to ``params.export.metrics`` either way. A float16 copy for GPU deployment
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,15 +27,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from dacs_uda.config import Params, load_params
+from dacs_uda.config import Params
 from dacs_uda.data.datasets import load_pair, manifest_path, read_manifest
-from dacs_uda.data.transforms import IMG_MEAN_BGR, normalize
 from dacs_uda.labels import CLASS_NAMES, PALETTE, TRAIN_ID_TO_LABEL_ID
-from dacs_uda.models.deeplabv2 import FullResolution
-from dacs_uda.utils.checkpoint import load_model
+from dacs_uda.utils.image import IMG_MEAN_BGR, normalize
 from dacs_uda.utils.io import atomic_path, write_json
-from dacs_uda.utils.lineage import lineage, with_lineage
-from dacs_uda.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +146,7 @@ def export_onnx(
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: batch, 2: height, 3: width},),
             )  # fmt: skip
+            assert program is not None  # dynamo=True always returns the program
             proto = program.model_proto
         else:
             axes = {0: "batch", 2: "height", 3: "width"}
@@ -311,7 +308,7 @@ def export_and_verify(model: nn.Module, params: Params, source_lineage: dict[str
             "export_seconds": round(seconds, 3),
             "fp16": {**half, "model_size_bytes": staged_fp16.stat().st_size},
         }  # exporter and versions travel inside the ONNX file
-        write_json(cfg.metrics, with_lineage(metrics, lineage(params)))
+        write_json(cfg.metrics, metrics)
         if not metrics["pass"]:
             raise ParityError(
                 f"ONNX/PyTorch parity failed: max |Δ logit| {metrics['max_abs_diff']:.3g} "
@@ -323,36 +320,10 @@ def export_and_verify(model: nn.Module, params: Params, source_lineage: dict[str
     return metrics
 
 
-def model_lineage(checkpoint_lineage: dict[str, Any] | None, params: Params) -> dict[str, Any]:
+def model_lineage(checkpoint_lineage: dict[str, Any] | None, run_lineage: dict[str, Any]) -> dict[str, Any]:
     """The lineage the ONNX file carries: the checkpoint's (where the weights came from).
 
     A checkpoint written before a lineage key existed (e.g. ``data_version``) gets it from this run,
     so the ONNX file always names the code, params, seed and data (the retrain flow requires them).
     """
-    return {**lineage(params), **(checkpoint_lineage or {})}
-
-
-def main() -> int:
-    """Export ``params.export.checkpoint``'s student model; exit 1 if parity fails."""
-    setup_logging()
-    for noisy in ("onnxscript", "onnx_ir"):  # the dynamo exporter's optimiser logs every pass at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    params = load_params()
-    model, ckpt = load_model(params.export.checkpoint, "model")
-    logger.info("loaded %s (step %s)", params.export.checkpoint, ckpt.get("step"))
-    try:
-        metrics = export_and_verify(
-            FullResolution(model).eval(), params, model_lineage(ckpt.get("lineage"), params)
-        )
-    except ParityError as err:
-        logger.error("%s", err)
-        return 1
-    logger.info(
-        "parity ok: max |Δ logit| %.3g, mean %.3g, argmax agreement %.6f -> %s",
-        metrics["max_abs_diff"], metrics["mean_abs_diff"], metrics["argmax_agreement"], params.export.onnx,
-    )  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {**run_lineage, **(checkpoint_lineage or {})}

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dacs_uda.labels import TRAIN_ID_TO_LABEL_ID
+from dacs_uda.viz import save_png
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +146,7 @@ class OnnxSegmenter:
         size = self.model_size(width, height, resize)
         if size == (width, height):
             return self.predict_logits(self.preprocess(image))[0].argmax(0).astype(np.uint8)
-        small = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+        small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
         logits = self.predict_logits(self.preprocess(small))[0]
         return resized_argmax(logits, (width, height))
 
@@ -175,7 +173,8 @@ def resized_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     best = np.full((size[1], size[0]), -np.inf, dtype=np.float32)
     labels = np.zeros((size[1], size[0]), dtype=np.uint8)
     for c, plane in enumerate(logits):
-        up = np.asarray(Image.fromarray(np.ascontiguousarray(plane, np.float32)).resize(size, Image.BILINEAR))
+        plane_image = Image.fromarray(np.ascontiguousarray(plane, np.float32))
+        up = np.asarray(plane_image.resize(size, Image.Resampling.BILINEAR))
         better = up > best
         best[better], labels[better] = up[better], c
     return labels
@@ -236,25 +235,6 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 
 
 # --- writing results --------------------------------------------------------------------------------
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary sibling of ``path`` renamed onto it if the block succeeds (no half-written PNGs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_png(path: Path, array: np.ndarray) -> None:
-    with _atomic_file(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:

@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import logging
-import statistics
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -31,8 +30,9 @@ from pathlib import Path
 import yaml
 
 from dacs_uda.labels import CLASS_NAMES
-from dacs_uda.utils.io import atomic_path
+from dacs_uda.utils.io import atomic_path, write_text
 from dacs_uda.utils.logging import setup_logging
+from dacs_uda.utils.stats import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,12 @@ class Summary:
 
 
 def run_results(params: dict, eval_metrics: dict, per_class_csv: str) -> list[Result]:
-    """The results of one run, from its ``params.yaml``, ``eval.json`` and per-class CSV contents."""
+    """The results of one run, from its ``params.yaml``, ``eval.json`` and per-class CSV contents.
+
+    Only the models of ``eval.json`` count (dict values with an ``mIoU``): other entries, such as the
+    ``lineage`` dict of metrics files written before the lineage moved to checkpoints and ONNX
+    metadata, are skipped.
+    """
     method = params["adapt"]["method"]
     adapted = "source_only_steps" if method == "source_only" else method
     variants = {**CHECKPOINT_VARIANTS, "dacs": adapted}
@@ -93,11 +98,6 @@ def run_results(params: dict, eval_metrics: dict, per_class_csv: str) -> list[Re
     ]
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarize(results: Iterable[Result]) -> list[Summary]:
     """Group by variant (one result per variant and seed: the first wins) in ``VARIANT_ORDER``."""
     by_variant: dict[str, dict[int, Result]] = {}
@@ -109,7 +109,7 @@ def summarize(results: Iterable[Result]) -> list[Summary]:
         runs = [by_variant[variant][seed] for seed in sorted(by_variant[variant])]
         per_class = {}
         for name in CLASS_NAMES:
-            present = [r.iou[name] for r in runs if r.iou.get(name) is not None]
+            present = [iou for r in runs if (iou := r.iou.get(name)) is not None]
             per_class[name] = mean_std(present) if present else None
         summaries.append(
             Summary(
@@ -149,15 +149,14 @@ def markdown(summaries: list[Summary]) -> str:
 def write_outputs(out_dir: str | Path, summaries: list[Summary]) -> None:
     """``variants.md`` and ``variants_iou.csv`` in ``out_dir``, each written atomically."""
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "variants.md") as tmp:
-        tmp.write_text(markdown(summaries))
+    write_text(out_dir / "variants.md", markdown(summaries))
     with atomic_path(out_dir / "variants_iou.csv") as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["variant", "class", "iou", "std"])
         for s in summaries:
-            for name in CLASS_NAMES:
-                if s.iou[name] is not None:
-                    writer.writerow([s.variant, name, round(s.iou[name][0], 2), round(s.iou[name][1], 2)])
+            for name, value in s.iou.items():
+                if value is not None:
+                    writer.writerow([s.variant, name, round(value[0], 2), round(value[1], 2)])
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from dacs_uda.config import ConfigError, parse_params
+from dacs_uda.config import ConfigError, compose_params, parse_params
 from dacs_uda.data.datasets import manifest_path
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return asdict(compose_params())
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and value:
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
 def data_params(**data) -> dict:
-    return {"data": data}
+    """The composed default params (conf/) with ``data`` merged into their data section."""
+    raw = copy.deepcopy(_defaults())
+    _merge(raw["data"], data)
+    return raw
 
 
 def test_repo_params_keep_the_embedded_default_and_name_the_new_keys() -> None:
@@ -32,6 +52,8 @@ def test_real_pairs_parse(pair: str, source: str, target: str) -> None:
     params = parse_params(data_params(pair=pair, source={"format": source}, target={"format": target}))
     assert (params.data.pair, params.data.source.format, params.data.target.format) == (pair, source, target)
     assert manifest_path(params, "source") == Path("data/prepared/source.csv")
+    composed = compose_params([f"dataset={pair}"]).data  # the conf group of the pair says the same
+    assert (composed.pair, composed.source.format, composed.target.format) == (pair, source, target)
 
 
 @pytest.mark.parametrize(
@@ -53,4 +75,4 @@ def test_inconsistent_data_params_are_rejected_by_name(data: dict, key: str) -> 
 
 def test_manifest_path_rejects_unknown_domains() -> None:
     with pytest.raises(ValueError, match="domain"):
-        manifest_path(parse_params({}), "validation")
+        manifest_path(parse_params(data_params()), "validation")

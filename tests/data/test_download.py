@@ -19,18 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from dacs_uda.data import download
-from dacs_uda.data.download import (
-    ChecksumMismatch,
-    CredentialsMissing,
-    DownloadError,
-    UnsafeArchive,
-    extract_zip,
-    fetch,
-    fetch_dataset,
-    member_target,
-    read_pins,
-)
+from dacs_uda.data import archives, download, sources
+from dacs_uda.data.acquire import fetch_dataset
+from dacs_uda.data.archives import ArchiveError, UnsafeArchive, extract_zip, member_target
+from dacs_uda.data.download import ChecksumMismatch, CredentialsMissing, DownloadError, fetch, read_pins
 from dacs_uda.data.manifest import missing_layout
 from dacs_uda.data.sources import Archive, Source
 from tests.data import fixtures
@@ -291,7 +283,7 @@ def test_truncated_archive_is_reported_and_nothing_is_written(tmp_path: Path) ->
     archive = tmp_path / "01_images.zip"
     data = fixtures.zip_bytes({f"images/{i:05d}.png": os.urandom(2000) for i in range(1, 4)})
     archive.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DownloadError, match="incomplete or corrupt zip.*delete it"):
+    with pytest.raises(ArchiveError, match="incomplete or corrupt zip.*delete it"):
         extract_zip(archive, tmp_path / "dest")
     assert not any((tmp_path / "dest").rglob("*.png")) if (tmp_path / "dest").exists() else True
 
@@ -355,14 +347,14 @@ def test_half_extracted_dataset_never_counts_and_resumes(site, tmp_path: Path, m
     good = server.files["/gta/02_images.zip"]
     (downloads / "gta5").mkdir(parents=True)
     (downloads / "gta5" / "02_images.zip").write_bytes(good[: len(good) // 2])  # put there by hand, cut
-    with pytest.raises(DownloadError, match="02_images.zip: incomplete or corrupt zip"):
+    with pytest.raises(ArchiveError, match="02_images.zip: incomplete or corrupt zip"):
         fetch_dataset("gta5", root, downloads, source=gta5_source(base), **FAST)
     assert not root.exists() and missing_layout("gta5", root) != []
     assert (tmp_path / "data" / ".gta5.partial-done" / "01_images.zip").exists()
     (downloads / "gta5" / "02_images.zip").write_bytes(good)
     calls = []
-    real = download.extract
-    monkeypatch.setattr(download, "extract", lambda a, d, s: calls.append(a.name) or real(a, d, s))
+    real = archives.extract
+    monkeypatch.setattr(archives, "extract", lambda a, d, s: calls.append(a.name) or real(a, d, s))
     fetch_dataset("gta5", root, downloads, source=gta5_source(base), **FAST)
     assert calls == ["02_images.zip", "02_labels.zip"]  # part 1 was already in
     assert len(list((root / "images").iterdir())) == 4
@@ -536,7 +528,7 @@ def test_synthia_rar_is_extracted_with_strip_and_windows_names(fake_bsdtar: Path
     archive = tmp_path / "SYNTHIA_RAND_CITYSCAPES.rar"
     archive.write_bytes(fixtures.zip_bytes(members))
     dest = tmp_path / "out"
-    count = download.extract(archive, dest, Archive(archive.name, "", strip="RAND_CITYSCAPES"))
+    count = archives.extract(archive, dest, Archive(archive.name, "", strip="RAND_CITYSCAPES"))
     assert count == 6 and missing_layout("synthia", dest) == []
     assert (dest / "GT" / "LABELS" / "0000001.png").read_bytes() == (
         tree / "GT" / "LABELS" / "0000001.png"
@@ -547,32 +539,37 @@ def test_unsafe_rar_is_refused_before_the_tool_extracts(fake_bsdtar: Path, tmp_p
     archive = tmp_path / "evil.rar"
     archive.write_bytes(fixtures.zip_bytes({"RAND_CITYSCAPES/RGB/0.png": b"x", "../../escaped.png": b"x"}))
     with pytest.raises(UnsafeArchive, match="escaped.png"):
-        download.extract(archive, tmp_path / "out", Archive(archive.name, ""))
+        archives.extract(archive, tmp_path / "out", Archive(archive.name, ""))
     assert fake_bsdtar.read_text().split() == ["-tf"]  # listed, never extracted
     assert not (tmp_path / "escaped.png").exists() and not (tmp_path.parent / "escaped.png").exists()
 
 
 def test_without_a_rar_tool_the_message_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(download.shutil, "which", lambda name: None)
-    with pytest.raises(DownloadError, match="bsdtar, unrar, 7z"):
-        download.extract(tmp_path / "x.rar", tmp_path / "out", Archive("x.rar", ""))
+    monkeypatch.setattr(archives.shutil, "which", lambda name: None)
+    with pytest.raises(ArchiveError, match="bsdtar, unrar, 7z"):
+        archives.extract(tmp_path / "x.rar", tmp_path / "out", Archive("x.rar", ""))
 
 
 def test_data_stage_downloads_a_missing_real_dataset(site, tmp_path: Path, monkeypatch) -> None:
-    from dacs_uda.config import DataConfig, DomainConfig
+    from dacs_uda.config import compose_params
     from dacs_uda.data import acquire
 
     server, base = site
     serve_gta5(server, tmp_path)
-    monkeypatch.setitem(download.SOURCES, "gta5", gta5_source(base))
+    monkeypatch.setitem(sources.SOURCES, "gta5", gta5_source(base))
     cityscapes = fixtures.cityscapes_tree(tmp_path / "cityscapes")
-    cfg = DataConfig(
-        pair="gta5_cityscapes",
-        source=DomainConfig(format="gta5", root=str(tmp_path / "data" / "raw" / "gta5"), resize=[32, 18]),
-        target=DomainConfig(format="cityscapes", root=str(cityscapes), resize=[32, 16]),
-        crop=[16, 16],
-        downloads=str(tmp_path / "downloads"),
-    )
+    cfg = compose_params(
+        [
+            "dataset=gta5_cityscapes",
+            f"data.source.root={tmp_path / 'data' / 'raw' / 'gta5'}",
+            "data.source.resize=[32,18]",
+            f"data.target.root={cityscapes}",
+            "data.target.resize=[32,16]",
+            "data.crop=[16,16]",
+            f"data.downloads={tmp_path / 'downloads'}",
+        ]
+    ).data
+    assert cfg.download is False
     with pytest.raises(acquire.DataMissing, match=r"`data.source.root`.*data.download: true"):
         acquire.acquire_real(cfg)
     cfg.download = True

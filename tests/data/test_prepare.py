@@ -97,9 +97,11 @@ def test_interrupted_run_keeps_what_was_done_and_names_the_failures(
 
     def flaky(job: prepare.Job) -> str:
         if job.key == "train/00003":
-            # a crash mid-write leaves only a temporary file, never a file under the final name
-            Path(job.image_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(job.image_out).with_name(f".{Path(job.image_out).name}.999.tmp").write_bytes(b"half")
+            # a crash mid-write leaves only a temporary (atomic_path's folder beside the target),
+            # never a file under the final name
+            out = Path(job.image_out)
+            (out.parent / f".{out.name}.crashed").mkdir(parents=True, exist_ok=True)
+            (out.parent / f".{out.name}.crashed" / out.name).write_bytes(b"half")
             return "OSError: disk full"
         return real(job)
 
@@ -112,7 +114,7 @@ def test_interrupted_run_keeps_what_was_done_and_names_the_failures(
     monkeypatch.setattr(prepare, "prepare_one", real)
     out, stats = prepare.prepare_domain(rows, "gta5", tmp_path, SIZE, workers=1)
     assert stats.written == 1 and stats.reused == len(rows) - 1
-    assert stats.removed == 1  # the temporary file
+    assert stats.removed == 1  # the temporary file (and its folder)
     assert sorted(p.name for p in (tmp_path / "images" / "train").iterdir()) == [
         f"{i:05d}.png" for i in range(1, 5)
     ]

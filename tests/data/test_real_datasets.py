@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dacs_uda.config import DataConfig, DomainConfig
-from dacs_uda.data import validate
+from dacs_uda.config import compose_params
+from dacs_uda.data import report, validate
 from dacs_uda.data.formats import write_png16
 from dacs_uda.data.manifest import build_manifest, missing_layout
 from tests.data import fixtures
@@ -86,19 +86,16 @@ def test_cityscapes_other_files_and_test_split_are_ignored(trees: Path) -> None:
 
 
 def test_official_counts_apply_unless_params_override_them(trees: Path) -> None:
-    data = DataConfig(
-        pair="synthia_cityscapes",
-        source=DomainConfig(format="synthia", root=str(trees / "synthia")),
-        target=DomainConfig(format="cityscapes", root=str(trees / "cityscapes"), resize=[64, 32]),
-        crop=[16, 16],
-    )
+    data = compose_params(["dataset=synthia_cityscapes"]).data
+    data.source.root, data.target.root = str(trees / "synthia"), str(trees / "cityscapes")
+    assert data.source.counts is None and data.target.counts is None
     assert validate.expected_counts(data, "source") == {"train": 9400}
     assert validate.expected_counts(data, "target") == {"train": 2975, "val": 500}
     result = run(trees, "synthia", validate.expected_counts(data, "source"))
     assert not result.success
     (check,) = [c for c in result.checks if not c.success]
     assert check.check == "rows in train" and check.detail == "observed 6, expected 9400"
-    message = validate.failure_message([result], validate.REPORT_PATH)
+    message = report.failure_message([result], Path("reports/validation.md"))
     assert "rows in train (observed 6, expected 9400)" in message
     assert "data.<domain>.counts" in check.fix
     data.source.counts = {"train": 6}
@@ -206,8 +203,8 @@ def test_bad_input_fails_and_names_its_file(
     assert not result.success
     assert check in {c.check for c in result.checks if c.fatal}
     assert [file for file, _, _ in result.bad_files()] == [str(culprit)]
-    assert str(culprit) in validate.failure_message([result], validate.REPORT_PATH)
-    assert str(culprit) in validate.render_report([result], "data/manifests")
+    assert str(culprit) in report.failure_message([result], Path("reports/validation.md"))
+    assert str(culprit) in report.render_report([result], "data/manifests")
     # every other row is still there, untouched
     assert len(result.passed_rows()) == len(result.manifest) - 1
 
@@ -243,15 +240,15 @@ def test_gta5_known_defects_are_warnings_with_the_list(trees: Path) -> None:
     assert sorted(Path(p).name for p in rows["image"]) == ["00001.png", "00003.png", "00005.png", "00006.png"]
     kept = rows[rows["image"].str.endswith("00006.png")].iloc[0]
     assert kept["warning"].startswith("image 64x35 but label 60x33")
-    summary = validate.summarize([result])["source"]
+    summary = report.summarize([result])["source"]
     assert summary["warning_files"] == 3 and summary["manifest_rows"] == 4
     assert (
         summary["warnings"]["label present"] == 1 and summary["warnings"]["image width == label width"] == 1
     )
     assert set(summary["failures"].values()) == {0}
-    report = validate.render_report([result], "data/manifests")
-    assert "Warnings: known defects of the official GTA5 data (3 files)" in report
-    assert str(gta / "labels" / "00004.png") in report and "PASS" in report
+    text = report.render_report([result], "data/manifests")
+    assert "Warnings: known defects of the official GTA5 data (3 files)" in text
+    assert str(gta / "labels" / "00004.png") in text and "PASS" in text
 
 
 def test_gta5_defects_stay_fatal_for_the_generated_pair(trees: Path) -> None:

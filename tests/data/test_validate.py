@@ -6,19 +6,19 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from dacs_uda import labels
-from dacs_uda.config import DataConfig, DomainConfig, EmbeddedConfig, Params
-from dacs_uda.data import synth, validate
+from dacs_uda.data import report, synth, validate
 from dacs_uda.data.manifest import MANIFEST_COLUMNS, build_manifest
+from dacs_uda.stages import validate as validate_stage
+from tests.conftest import tiny_params, write_params
 
 SOURCE_SIZE, TARGET_SIZE = (64, 36), (64, 32)
 EXPECTED = {"source": {"train": 6}, "target": {"train": 4, "val": 2}}
@@ -56,7 +56,7 @@ def test_good_trees_pass(raw: Path) -> None:
     assert all(r.success for r in results)
     assert [c.check for c in results[1].checks][-2:] == ["rows in train", "rows in val"]
     assert all(r.bad_files() == [] for r in results)
-    summary = validate.summarize(results)
+    summary = report.summarize(results)
     assert summary["success"] is True
     assert summary["target"]["rows_per_split"] == {"train": 4, "val": 2}
     assert set(summary["source"]["failures"].values()) == {0}
@@ -118,8 +118,8 @@ def test_each_breakage_names_its_file(raw: Path, breaker: Callable[[Path], tuple
     assert not result.success
     assert check in failed(result)
     assert [file for file, _, _ in result.bad_files()] == [str(culprit)]
-    assert str(culprit) in validate.render_report([result], "data/manifests")
-    assert str(culprit) in validate.failure_message([result], validate.REPORT_PATH)
+    assert str(culprit) in report.render_report([result], "data/manifests")
+    assert str(culprit) in report.failure_message([result], validate_stage.REPORT_PATH)
     assert len(result.passed_rows()) == len(result.manifest) - 1
 
 
@@ -142,11 +142,12 @@ def test_wrong_split_count_fails_without_bad_files(raw: Path) -> None:
     assert result.bad_files() == []
     (check,) = [c for c in result.checks if c.check == "rows in val"]
     assert check.detail == "observed 1, expected 2"
-    assert "rows in val" in validate.failure_message([result], validate.REPORT_PATH)
+    assert "rows in val" in report.failure_message([result], validate_stage.REPORT_PATH)
 
 
 def test_expected_counts_follow_the_params() -> None:
-    data = DataConfig(embedded=EmbeddedConfig(n_source=5, n_target_train=3, n_target_val=2))
+    data = tiny_params().data
+    data.embedded = replace(data.embedded, n_source=5, n_target_train=3, n_target_val=2)
     assert validate.expected_counts(data, "source") == {"train": 5}
     assert validate.expected_counts(data, "target") == {"train": 3, "val": 2}
     assert validate.OFFICIAL_COUNTS == {
@@ -171,46 +172,67 @@ def test_write_outputs_writes_no_manifest_on_failure(
     good = run(raw, "source")
     missing_label(raw)
     bad = run(raw, "target", {"train": 4, "val": 3})
-    assert validate.write_outputs([good, bad], "data/manifests") is False
+    assert report.write_outputs([good, bad], "data/manifests", "out/report.md", "out/metrics.json") is False
     assert not Path("data/manifests").exists()
-    metrics = json.loads(validate.METRICS_PATH.read_text())
+    metrics = json.loads(Path("out/metrics.json").read_text())
     assert metrics["success"] is False and metrics["source"]["success"] is True
     assert metrics["target"]["failures"]["rows in val"] == 1
-    assert "FAIL" in validate.REPORT_PATH.read_text()
+    assert "FAIL" in Path("out/report.md").read_text()
+
+
+def numbers_only(value: object) -> bool:
+    """Whether a metrics tree holds numbers (and booleans) only: no lineage, no text."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and numbers_only(v) for k, v in value.items())
+    return isinstance(value, int | float)
+
+
+def test_metrics_hold_numbers_only_and_the_report_states_the_data_version(
+    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    results = [run(raw, "source"), run(raw, "target")]
+    version = validate.validated_data_version(results)
+    assert len(version) == 16
+    assert report.write_outputs(results, "data/manifests", "r.md", "m.json", version) is True
+    metrics = json.loads(Path("m.json").read_text())
+    assert numbers_only(metrics) and "lineage" not in metrics
+    assert f"`{version}`" in Path("r.md").read_text()
+    assert sorted(p.name for p in Path("data/manifests").iterdir()) == ["source.csv", "target.csv"]
 
 
 # --- the stage end to end ---------------------------------------------------------------------------
 
 
-def write_params(folder: Path) -> None:
+def stage_params(folder: Path) -> None:
     """A params.yaml for the fixture trees under ``folder/raw`` (relative roots, as in the repo)."""
-    data = DataConfig(
-        source=DomainConfig(format="gta5", root="raw/source", resize=list(SOURCE_SIZE)),
-        target=DomainConfig(format="cityscapes", root="raw/target", resize=list(TARGET_SIZE)),
-        crop=[32, 32],
-        manifests="data/manifests",
-        embedded=EmbeddedConfig(
-            n_source=6,
-            n_target_train=4,
-            n_target_val=2,
-            source_size=list(SOURCE_SIZE),
-            target_size=list(TARGET_SIZE),
-        ),
+    params = tiny_params()
+    data = params.data
+    data.source = replace(data.source, format="gta5", root="raw/source", resize=list(SOURCE_SIZE))
+    data.target = replace(data.target, format="cityscapes", root="raw/target", resize=list(TARGET_SIZE))
+    data.crop, data.manifests = [32, 32], "data/manifests"
+    data.embedded = replace(
+        data.embedded,
+        n_source=6,
+        n_target_train=4,
+        n_target_val=2,
+        source_size=list(SOURCE_SIZE),
+        target_size=list(TARGET_SIZE),
     )
-    (folder / "params.yaml").write_text(yaml.safe_dump(asdict(Params(data=data)), sort_keys=False))
+    write_params(folder, params)
 
 
 @pytest.fixture
 def stage(raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``tmp_path`` as the repository root: params.yaml, raw/, and the stage's logging left to pytest."""
-    write_params(tmp_path)
+    stage_params(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(validate, "setup_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr(validate_stage, "setup_logging", lambda *args, **kwargs: None)
     return tmp_path
 
 
 def test_main_writes_manifests_report_and_metrics(stage: Path) -> None:
-    assert validate.main() == 0
+    assert validate_stage.main() == 0
     source = pd.read_csv("data/manifests/source.csv", keep_default_na=False)
     target = pd.read_csv("data/manifests/target.csv", keep_default_na=False)
     assert tuple(source.columns) == tuple(target.columns) == MANIFEST_COLUMNS
@@ -220,17 +242,18 @@ def test_main_writes_manifests_report_and_metrics(stage: Path) -> None:
     assert all(Path(p).is_file() for p in target["image"].tolist() + target["label"].tolist())
     metrics = json.loads(Path("metrics/validation.json").read_text())
     assert metrics["success"] is True and metrics["target"]["rows_per_split"] == {"train": 4, "val": 2}
+    assert numbers_only(metrics)  # lineage is recorded once per run, not in the metrics
     assert "PASS" in Path("reports/validation.md").read_text()
 
 
 def test_main_fails_and_keeps_the_previous_manifests(stage: Path, caplog: pytest.LogCaptureFixture) -> None:
-    assert validate.main() == 0
+    assert validate_stage.main() == 0
     before = {p.name: p.read_bytes() for p in Path("data/manifests").glob("*.csv")}
     # The source stays valid: its manifest must not be rewritten while the target is broken.
     image, _, _ = synth.cityscapes_paths(Path("raw/target"), "val", 1)
     image.write_bytes(image.read_bytes()[:200])
     with caplog.at_level(logging.ERROR):
-        assert validate.main() == 1
+        assert validate_stage.main() == 1
     after = {p.name: p.read_bytes() for p in Path("data/manifests").glob("*.csv")}
     assert after == before and set(after) == {"source.csv", "target.csv"}
     assert str(image) in caplog.text and "reports/validation.md" in caplog.text
@@ -241,12 +264,12 @@ def test_main_fails_and_keeps_the_previous_manifests(stage: Path, caplog: pytest
 
 def test_main_on_a_broken_tree_writes_no_manifest(stage: Path) -> None:
     unknown_label_id(Path("raw"))
-    assert validate.main() == 1
+    assert validate_stage.main() == 1
     assert not Path("data/manifests").exists()
 
 
 def test_main_reports_a_missing_root(stage: Path, caplog: pytest.LogCaptureFixture) -> None:
     shutil.rmtree("raw/target")
     with caplog.at_level(logging.ERROR):
-        assert validate.main() == 1
+        assert validate_stage.main() == 1
     assert "raw/target" in caplog.text and "params.yaml" in caplog.text

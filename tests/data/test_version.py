@@ -4,17 +4,27 @@ and the same from the validated manifests (stage validate) and the prepared ones
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from dacs_uda.config import parse_params
+from dacs_uda.config import Params
 from dacs_uda.data import prepare
 from dacs_uda.data.manifest import build_manifest
-from dacs_uda.data.version import PREPARED_PREFIX, UNKNOWN, data_version, file_sha256, prepared_data_version
+from dacs_uda.data.version import PREPARED_PREFIX, data_version, file_sha256, prepared_data_version
+from dacs_uda.lineage import UNKNOWN
+from tests.conftest import tiny_params
 from tests.data import fixtures
+
+
+def params_with_prepared(folder: Path) -> Params:
+    """The tiny params, reading their prepared manifests from ``folder``."""
+    params = tiny_params()
+    params.data = replace(params.data, prepared=str(folder))
+    return params
 
 
 @pytest.fixture
@@ -74,8 +84,7 @@ def test_prepared_manifests_give_the_validated_version(trees: Path, tmp_path: Pa
     for domain, fmt in (("source", "gta5"), ("target", "cityscapes")):
         rows, _ = prepare.prepare_domain(validated[domain], fmt, prepared_dir / domain, (32, 16), workers=1)
         rows.to_csv(prepared_dir / f"{domain}.csv", index=False)
-    params = parse_params({"data": {"prepared": str(prepared_dir)}})
-    assert prepared_data_version(params) == data_version(validated)
+    assert prepared_data_version(params_with_prepared(prepared_dir)) == data_version(validated)
 
 
 def test_missing_hashes_are_reported(tmp_path: Path) -> None:
@@ -85,4 +94,4 @@ def test_missing_hashes_are_reported(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="without a content hash"):
         data_version({"source": rows.assign(raw_image_sha256="ab", raw_label_sha256="")}, PREPARED_PREFIX)
     # A run whose prepared manifests are missing still records its lineage, with an honest "unknown".
-    assert prepared_data_version(parse_params({"data": {"prepared": str(tmp_path)}})) == UNKNOWN
+    assert prepared_data_version(params_with_prepared(tmp_path)) == UNKNOWN

@@ -2,42 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from dacs_uda.config import DataConfig, DomainConfig, EvaluateConfig, ModelConfig, Params
+from dacs_uda.config import Params
 from dacs_uda.data.datasets import manifest_path
 from dacs_uda.data.synth import cityscapes_paths, generate_target
+from dacs_uda.models.checkpoint import save_checkpoint
 from dacs_uda.models.deeplabv2 import build_model
-from dacs_uda.utils.checkpoint import save_checkpoint
-from tests.conftest import write_params
+from tests.conftest import tiny_model, tiny_params, write_params
 
 NATIVE = (96, 48)  # W, H on disk (Cityscapes: 2048x1024)
 RESIZE = (64, 32)  # W, H the model sees (Cityscapes: 1024x512)
 N_VAL = 4
-TINY = ModelConfig(width=4, depths=[1, 1, 1, 1], aspp_dilations=[1, 2])
+TINY = tiny_model()
 
 
 def eval_params(protocol: str = "official", models: dict[str, str] | None = None) -> Params:
     models = models or {"dacs": "models/dacs.pt"}
-    return Params(
-        data=DataConfig(
-            source=DomainConfig(resize=[64, 32]),
-            target=DomainConfig(format="cityscapes", root="data/raw/target", resize=list(RESIZE)),
-            crop=[16, 16],
-        ),
-        model=TINY,
-        evaluate=EvaluateConfig(
-            batch_size=3,  # 4 frames: one full batch and one partial
-            models=models,
-            protocol=protocol,
-            save_predictions=[name for name in models if name == "dacs"],
-            num_samples=2,
-        ),
+    params = tiny_params(model=TINY)
+    params.data.source.resize, params.data.target.resize = [64, 32], list(RESIZE)
+    params.data.crop = [16, 16]
+    params.evaluate = dataclasses.replace(
+        params.evaluate,
+        batch_size=3,  # 4 frames: one full batch and one partial
+        models=models,
+        protocol=protocol,
+        save_predictions=[name for name in models if name == "dacs"],
+        num_samples=2,
     )
+    return params
 
 
 @pytest.fixture(scope="session")
@@ -66,5 +64,5 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target_tree: Path
     pd.DataFrame(records).to_csv(manifest, index=False)
     write_params(tmp_path, params)
     torch.manual_seed(0)
-    save_checkpoint("models/dacs.pt", build_model(TINY), params, step=0)
+    save_checkpoint("models/dacs.pt", build_model(TINY), params, {}, step=0)
     return tmp_path

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dacs_uda.evaluate as evaluate_stage
 from dacs_uda.data.synth import cityscapes_paths
 from dacs_uda.evaluate import confusion_from_files, frame_name
 from dacs_uda.labels import CLASS_NAMES, NUM_CLASSES, label_id_to_train_id_lut, train_id_to_label_id_lut
+from dacs_uda.stages import evaluate as evaluate_stage
 from tests.conftest import write_params
 from tests.eval.conftest import N_VAL, NATIVE, RESIZE, eval_params
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import dacs_uda.evaluate as evaluate_stage
-import dacs_uda.evaluate_onnx as evaluate_onnx_stage
-import dacs_uda.export as export_stage
 from dacs_uda.export import export_onnx, onnx_metadata
 from dacs_uda.labels import NUM_CLASSES
 from dacs_uda.models.deeplabv2 import FullResolution, build_model
+from dacs_uda.stages import evaluate as evaluate_stage
+from dacs_uda.stages import evaluate_onnx as evaluate_onnx_stage
+from dacs_uda.stages import export as export_stage
 from tests.conftest import write_params
 from tests.eval.conftest import TINY, eval_params
 

@@ -14,18 +14,20 @@ import pytest
 import torch
 import yaml
 
-import dacs_uda.export as export_stage
-from dacs_uda.config import DataConfig, DomainConfig, ExportConfig, ModelConfig, Params
+from dacs_uda.config import Params
 from dacs_uda.data.synth import cityscapes_paths, generate_target
-from dacs_uda.data.transforms import normalize
-from dacs_uda.export import export_onnx, onnx_metadata, parity, read_metadata
+from dacs_uda.data.version import prepared_data_version
+from dacs_uda.export import cpu_session, export_onnx, onnx_metadata, parity, read_metadata
 from dacs_uda.inference import OnnxSegmenter
 from dacs_uda.labels import CLASS_NAMES, NUM_CLASSES
+from dacs_uda.lineage import LINEAGE_KEYS, lineage
+from dacs_uda.models.checkpoint import load_checkpoint, save_checkpoint
 from dacs_uda.models.deeplabv2 import FullResolution, build_model
-from dacs_uda.utils.checkpoint import load_checkpoint, save_checkpoint
-from dacs_uda.utils.lineage import LINEAGE_KEYS
+from dacs_uda.stages import export as export_stage
+from dacs_uda.utils.image import normalize
+from tests.conftest import tiny_model, tiny_params
 
-TINY = ModelConfig(width=4, depths=[1, 1, 1, 1], aspp_dilations=[1, 2])
+TINY = tiny_model()
 LINEAGE = {
     "git_revision": "abc123",
     "params_hash": "0123456789ab",
@@ -87,7 +89,7 @@ def test_metadata_round_trips(exported):
 @pytest.mark.parametrize("size", [(48, 64), (57, 83)], ids=["48x64", "57x83"])
 def test_parity_with_pytorch(exported, tiny_model, batch, size):
     path, _ = exported
-    result = parity(tiny_model, export_stage.cpu_session(path), random_images(batch, *size))
+    result = parity(tiny_model, cpu_session(path), random_images(batch, *size))
     assert (result["batch"], result["height"], result["width"]) == (batch, *size)
     assert result["max_abs_diff"] < 1e-3
     assert result["argmax_agreement"] >= 0.999
@@ -132,22 +134,18 @@ def workspace(tmp_path, monkeypatch) -> Path:
         records.append({"split": split, "image": str(image), "label": str(label)})
     Path("data/prepared").mkdir(parents=True)  # the manifest export reads (stage prepare writes it)
     pd.DataFrame(records).to_csv("data/prepared/target.csv", index=False)
-    params = stage_params(ExportConfig())
+    params = stage_params()
     torch.manual_seed(0)
-    save_checkpoint(params.export.checkpoint, build_model(params.model), params, step=0)
+    run_lineage = lineage(params, prepared_data_version(params))
+    save_checkpoint(params.export.checkpoint, build_model(params.model), params, run_lineage, step=0)
     return tmp_path
 
 
-def stage_params(export: ExportConfig) -> Params:
-    params = Params(
-        data=DataConfig(
-            source=DomainConfig(resize=[64, 32]),
-            target=DomainConfig(format="cityscapes", root="data/raw/target", resize=[64, 32]),
-            crop=[16, 16],
-        ),
-        model=TINY,
-        export=export,
-    )
+def stage_params(**export) -> Params:
+    params = tiny_params(model=TINY)
+    params.data.source.resize = params.data.target.resize = [64, 32]
+    params.data.crop = [16, 16]
+    params.export = dataclasses.replace(params.export, **export)
     Path("params.yaml").write_text(yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
     return params
 
@@ -168,7 +166,7 @@ def test_stage_writes_model_and_metrics(workspace):
 
 
 def test_stage_fails_when_parity_fails(workspace, caplog):
-    stage_params(ExportConfig(parity_atol=1e-12))
+    stage_params(parity_atol=1e-12)
     with caplog.at_level(logging.ERROR, logger="dacs_uda.export"):
         assert export_stage.main() == 1
     metrics = json.loads(Path("metrics/export.json").read_text())

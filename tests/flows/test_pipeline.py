@@ -29,7 +29,7 @@ class FakeRunner:
         self.calls.append((list(cmd), Path(cwd)))
         stage = cmd[cmd.index("--single-item") + 1]
         on_line(f"Running stage '{stage}':")
-        on_line(f"> python -m dacs_uda.{stage}")
+        on_line(f"> python -m dacs_uda.stages.{stage}")
         return self.fail.get(stage, 0)
 
     @property
@@ -53,7 +53,6 @@ def repo(tmp_path: Path) -> Path:
     (tmp_path / "metrics" / "eval.json").write_text(
         json.dumps(
             {
-                "lineage": {"git_revision": "abc", "seed": 0},
                 "source_only": {"mIoU": 31.5, "mIoU16": 33.0},
                 "dacs": {"mIoU": 42.25},
                 "oracle": {"mIoU": 60.0},
@@ -158,10 +157,20 @@ def test_report_lists_stages_and_miou(repo: Path) -> None:
     markdown = pipeline.build_report(summary, pipeline.read_eval_metrics(repo))
     assert "| adapt | 12.3 | ok |" in markdown and "| evaluate | 1.0 | FAILED |" in markdown
     assert "| dacs | 42.25 |" in markdown and "| source_only | 31.5 | 33 |" in markdown
-    assert "| lineage |" not in markdown  # metrics/eval.json's lineage entry is not a model
     (repo / "metrics" / "eval.json").unlink()
     assert pipeline.read_eval_metrics(repo) is None
     assert "mIoU" not in pipeline.build_report(summary, None)
+
+
+def test_older_metrics_with_a_lineage_entry_still_report_only_models(repo: Path) -> None:
+    """Metrics files written before the lineage moved to the ONNX metadata carry a top-level ``lineage``."""
+    path = repo / "metrics" / "eval.json"
+    old = {"lineage": {"git_revision": "abc", "seed": 0}, **json.loads(path.read_text())}
+    path.write_text(json.dumps(old))
+    metrics = pipeline.read_eval_metrics(repo)
+    assert list(common.model_metrics(metrics)) == ["source_only", "dacs", "oracle"]
+    markdown = pipeline.build_report({}, metrics)
+    assert "| dacs | 42.25 |" in markdown and "| lineage |" not in markdown
 
 
 # (b) One real run under a temporary Prefect server.
@@ -180,7 +189,7 @@ def test_flow_run_end_to_end(prefect_server, fake: FakeRunner, repo: Path) -> No
     assert artifact is not None and artifact.type == "markdown"
     assert artifact.flow_run_id == state.state_details.flow_run_id
     assert all(f"| {stage} |" in artifact.data for stage in DVC_ORDER)
-    assert "| dacs | 42.25 |" in artifact.data and "| lineage |" not in artifact.data
+    assert "| dacs | 42.25 |" in artifact.data
     # the run context: seeds and params from params.yaml, the git revision (tmp_path is no git repo)
     assert "| git revision | unknown |" in artifact.data
     assert "| seed | 0 |" in artifact.data and "| data.embedded.seed | 0 |" in artifact.data

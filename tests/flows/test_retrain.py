@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dacs_uda.lineage import git_revision
 from flows import common, retrain
 from flows.retrain import LineageIncomplete, dacs_retrain
 from tests.flows.conftest import COMPLETE_LINEAGE, TOY_PARAMS
@@ -15,7 +16,8 @@ from tests.flows.toy_onnx import write_onnx
 
 
 class FakeExperiment:
-    """Stands in for ``run_command`` running ``dvc exp run``: writes the metrics and ONNX a run would."""
+    """Stands in for ``run_command`` running ``dvc exp run``: writes the metrics (numbers only) and the ONNX
+    file (with its lineage) a run would."""
 
     def __init__(self, miou: float, lineage: dict | None = None, returncode: int = 0) -> None:
         self.miou = miou
@@ -27,7 +29,7 @@ class FakeExperiment:
         self.calls.append(list(cmd))
         on_line("Running stage 'adapt':")
         if self.returncode == 0:
-            metrics = {"lineage": self.lineage, "source_only": {"mIoU": 12.5}, "dacs": {"mIoU": self.miou}}
+            metrics = {"source_only": {"mIoU": 12.5}, "dacs": {"mIoU": self.miou}}
             (cwd / "metrics").mkdir(exist_ok=True)
             (cwd / "metrics" / "eval.json").write_text(json.dumps(metrics))
             write_onnx(cwd / "models" / "dacs.onnx", self.lineage)
@@ -83,12 +85,13 @@ def test_first_model_is_promoted_with_record_and_decision(
     record = json.loads((deployed / "deployed.json").read_text())
     assert record["mIoU"] == 41.5 and record["lineage"] == COMPLETE_LINEAGE
     assert record["experiment"] == "exp-a" and record["overrides"] == {"seed": 3}
-    assert set(record["metrics"]) == {"source_only", "dacs"}  # the "lineage" entry is not a model
+    assert set(record["metrics"]) == {"source_only", "dacs"}
     assert record["promoted_at"] == decision["timestamp"] and len(record["sha256"]) == 64
     [logged] = decisions(repo)
     assert logged == decision
     assert (logged["candidate_mIoU"], logged["deployed_mIoU"]) == (41.5, None)
-    assert not list(deployed.glob("*.tmp"))  # the atomic writes left no temporary file
+    left = sorted(path.name for path in deployed.iterdir())
+    assert left == ["decisions.jsonl", "deployed.json", "model.onnx"]  # no temporary file or folder
 
 
 @pytest.mark.parametrize("miou", [40.0, 40.5])
@@ -144,8 +147,9 @@ def test_promote_itself_refuses_incomplete_lineage(tmp_path: Path) -> None:
     assert not (tmp_path / "deployed").exists()
 
 
-def test_seed_zero_counts_as_lineage(tmp_path: Path) -> None:
-    assert retrain.missing_lineage({**COMPLETE_LINEAGE, "seed": 0}) == []
+def test_seed_zero_counts_as_lineage() -> None:
+    candidate = {"mIoU": 1.0, "lineage": {**COMPLETE_LINEAGE, "seed": 0}}
+    assert retrain.decide(candidate, None) == (True, "promoted: nothing deployed yet")
 
 
 def test_failed_experiment_promotes_and_logs_nothing(monkeypatch: pytest.MonkeyPatch, repo: Path) -> None:
@@ -181,7 +185,7 @@ def test_flow_run_publishes_decision_artifact(
     assert "| decision | NOT PROMOTED |" in text
     assert "| candidate mIoU (dacs) | 39.5 |" in text and "| deployed mIoU | 40 |" in text
     assert "| overrides | -S adapt.pseudo_threshold=0.9 |" in text
-    assert "| dacs | 39.5 | - | - |" in text and "lineage |" not in text.split("## Candidate lineage")[0]
+    assert "| dacs | 39.5 | - | - |" in text
     assert "| data_version | embedded-v1 |" in text
     assert "| git revision | unknown |" in text  # tmp_path is not a git repository
     assert "| seed | 0 |" in text and "| adapt.pseudo_threshold | 0.968 |" in text
@@ -201,7 +205,7 @@ def test_real_dvc_experiment_promotes_then_refuses(prefect_server, toy_repo: Pat
 
     second = dacs_retrain(overrides={"seed": 1}, experiment_name="toy-b", repo=str(toy_repo)).copy()
     assert second["promoted"] is False and second["deployed_mIoU"] == pytest.approx(48.8)
-    assert second["git_revision"] == common.git_revision(toy_repo) and len(second["git_revision"]) >= 40
+    assert second["git_revision"] == git_revision(toy_repo) and len(second["git_revision"]) >= 40
     assert [d["experiment"] for d in decisions(toy_repo)] == ["toy-a", "toy-b"]
     shown = json.loads(common.read_command(["dvc", "exp", "show", "--json"], toy_repo))
     names = {exp["name"] for baseline in shown for exp in baseline.get("experiments") or []}

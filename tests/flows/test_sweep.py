@@ -17,7 +17,7 @@ from tests.flows.conftest import TOY_PARAMS
 def exp_rev(name: str, threshold: float, seed: int, miou: float | None) -> dict:
     """One experiment revision as DVC 3.x ``exp show --json`` writes it."""
     metrics = (
-        {"metrics/eval.json": {"data": {"lineage": {"seed": seed}, "dacs": {"mIoU": miou}}}}
+        {"metrics/eval.json": {"data": {"source_only": {"mIoU": 10.0}, "dacs": {"mIoU": miou}}}}
         if miou is not None
         else {"metrics/eval.json": {"error": {"type": "FileNotFoundError", "msg": "missing"}}}
     )

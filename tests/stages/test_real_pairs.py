@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dacs_uda import pretrain
 from dacs_uda.config import DomainConfig
-from dacs_uda.data import acquire, prepare, validate
-from dacs_uda.utils.checkpoint import load_checkpoint
+from dacs_uda.models.checkpoint import load_checkpoint
+from dacs_uda.stages import data as acquire
+from dacs_uda.stages import prepare, pretrain, validate
 from tests.conftest import tiny_params, write_params
 from tests.data import fixtures
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from dacs_uda.config import ConfigError, Params, load_params, params_hash, parse_params
+from dacs_uda import config
+from dacs_uda.config import ConfigError, Params, compose_params, load_params, params_hash, parse_params
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -41,8 +44,40 @@ def test_repo_params_yaml_parses(raw: dict[str, Any]) -> None:
     assert params == parse_params(raw)
 
 
-def test_empty_mapping_gives_defaults() -> None:
-    assert parse_params({}) == Params()
+@pytest.mark.parametrize("dotted", ["seed", "adapt.pseudo_threshold", "model.aspp_dilations", "data.source"])
+def test_missing_key_is_rejected_by_name(raw: dict[str, Any], dotted: str) -> None:
+    """No default hides a missing key: params.yaml (composed from conf/) must carry every knob."""
+    out = copy.deepcopy(raw)
+    *parents, leaf = dotted.split(".")
+    node = out
+    for key in parents:
+        node = node[key]
+    del node[leaf]
+    with pytest.raises(ConfigError, match=dotted.replace(".", r"\.")):
+        parse_params(out)
+
+
+def _dataclasses(schema: type) -> list[type]:
+    hints = typing.get_type_hints(schema)
+    nested = [hints[f.name] for f in dataclasses.fields(schema) if dataclasses.is_dataclass(hints[f.name])]
+    return [schema, *(c for n in nested for c in _dataclasses(n))]
+
+
+def test_the_schema_has_no_defaults() -> None:
+    """Defaults live in conf/ only: a default in config.py could disagree with it (as they once did)."""
+    with_default = [
+        f"{schema.__name__}.{f.name}"
+        for schema in _dataclasses(Params)
+        for f in dataclasses.fields(schema)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    ]
+    assert not with_default
+
+
+def test_composed_conf_equals_the_committed_params(raw: dict[str, Any]) -> None:
+    """Hydra's composition of conf/, the committed params.yaml and what the stages load: one config."""
+    assert compose_params() == load_params(REPO_PARAMS) == parse_params(raw)
+    assert config.CONF_DIR == REPO_PARAMS.parent / "conf"
 
 
 @pytest.mark.parametrize(
@@ -190,8 +225,8 @@ def test_params_hash_changes_with_any_value(raw: dict[str, Any], dotted: str, va
 
 def _stage_mains() -> dict[str, tuple[Any, Any]]:
     """Stage name -> (module, main as called by dvc.yaml's cmd)."""
-    from dacs_uda import adapt, evaluate, evaluate_onnx, export, pretrain
-    from dacs_uda.data import acquire, prepare, validate
+    from dacs_uda.stages import adapt, evaluate, evaluate_onnx, export, prepare, pretrain, validate
+    from dacs_uda.stages import data as acquire
 
     return {
         "data": (acquire, acquire.main),

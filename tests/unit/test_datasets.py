@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dacs_uda.data.datasets import RandomCropSampler, SegmentationDataset, load_pair, read_manifest
-from dacs_uda.data.transforms import IMG_MEAN_BGR, denormalize, normalize
+from dacs_uda.data.datasets import KeyedCropSampler, SegmentationDataset, load_pair, read_manifest
 from dacs_uda.labels import IGNORE_INDEX, cityscapes_palette_bytes
+from dacs_uda.utils.image import IMG_MEAN_BGR, denormalize, normalize
+from dacs_uda.utils.rng import keyed_generator
 
 # Cityscapes label id -> expected training id (every id outside the 19 classes -> ignore)
 LABEL_IDS = np.array(
@@ -138,17 +139,25 @@ def test_normalize_denormalize_round_trip() -> None:
     torch.testing.assert_close(batch[1], back)
 
 
-def _draws(sampler: RandomCropSampler, count: int) -> list[tuple[int, int, int]]:
+def _draws(sampler: KeyedCropSampler, count: int) -> list[tuple[int, int, int]]:
     return list(itertools.islice(iter(sampler), count))
+
+
+def sampler(
+    length: int, size=None, crop=None, *, seed: int = 0, batch: int = 2, **kwargs
+) -> KeyedCropSampler:
+    return KeyedCropSampler(
+        length, size or SIZE, crop or CROP, seed=seed, stream="source", batch_size=batch, **kwargs
+    )
 
 
 # size is (W, H) and crop is (H, W): non-square on purpose, so a swap would go out of bounds.
 SIZE, CROP = (40, 20), (8, 32)
 
 
-def test_random_crop_sampler_in_bounds_and_covers_epochs() -> None:
+def test_crop_sampler_in_bounds_and_covers_epochs() -> None:
     length, epochs = 7, 5
-    draws = _draws(RandomCropSampler(length, SIZE, CROP, torch.Generator().manual_seed(0)), length * epochs)
+    draws = _draws(sampler(length), length * epochs)
     for index, y, x in draws:
         assert 0 <= index < length
         assert 0 <= y <= SIZE[1] - CROP[0] and 0 <= x <= SIZE[0] - CROP[1]
@@ -158,21 +167,44 @@ def test_random_crop_sampler_in_bounds_and_covers_epochs() -> None:
     assert len({tuple(d[0] for d in draws[e * length : (e + 1) * length]) for e in range(epochs)}) > 1
 
 
-def test_random_crop_sampler_bounds_are_inclusive() -> None:
+def test_crop_sampler_bounds_are_inclusive() -> None:
     # a 6x10 (H, W) image with a 5x9 crop: y and x can each only be 0 or 1, and both must occur
-    draws = _draws(RandomCropSampler(3, (10, 6), (5, 9), torch.Generator().manual_seed(0)), 300)
+    draws = _draws(sampler(3, (10, 6), (5, 9)), 300)
     assert {d[1] for d in draws} == {0, 1} and {d[2] for d in draws} == {0, 1}
     # crop == image: a single position
-    draws = _draws(RandomCropSampler(3, (10, 6), (6, 10), torch.Generator().manual_seed(0)), 30)
+    draws = _draws(sampler(3, (10, 6), (6, 10)), 30)
     assert {(d[1], d[2]) for d in draws} == {(0, 0)}
 
 
-def test_random_crop_sampler_is_deterministic_for_a_seed() -> None:
-    first = _draws(RandomCropSampler(9, SIZE, CROP, torch.Generator().manual_seed(3)), 50)
-    second = _draws(RandomCropSampler(9, SIZE, CROP, torch.Generator().manual_seed(3)), 50)
-    other = _draws(RandomCropSampler(9, SIZE, CROP, torch.Generator().manual_seed(4)), 50)
-    assert first == second
-    assert first != other
+def test_crop_sampler_is_deterministic_for_a_seed_and_stream() -> None:
+    first = _draws(sampler(9, seed=3), 50)
+    assert first == _draws(sampler(9, seed=3), 50)
+    assert first != _draws(sampler(9, seed=4), 50)
+    other_stream = KeyedCropSampler(9, SIZE, CROP, seed=3, stream="target", batch_size=2)
+    assert first != _draws(other_stream, 50)
+
+
+def test_crop_sampler_keys_do_not_depend_on_when_they_are_drawn() -> None:
+    """A key is a function of (seed, stream, step, index): workers pre-fetching keys, a run resumed at
+    a later step, or a process holding only part of the batch all get the same crops."""
+    whole = _draws(sampler(9, batch=4), 40)  # steps 0-9
+    assert _draws(sampler(9, batch=4, start_step=6), 16) == whole[24:]
+    one = sampler(9, batch=4)
+    assert [one.key(step, i) for step in range(10) for i in range(4)] == whole
+    assert [one.key(7, 3), one.key(2, 1)] == [whole[31], whole[9]]  # out of order, same answers
+
+
+def test_crop_sampler_draws_each_crop_from_its_own_key() -> None:
+    """Sample i of step s: frame from the epoch permutation, crop from (seed, stream, 'crop', s, i)."""
+    draws = _draws(sampler(5, batch=2), 10)
+    order = torch.randperm(5, generator=keyed_generator(0, "source", "epoch", 0)).tolist()
+    order += torch.randperm(5, generator=keyed_generator(0, "source", "epoch", 1)).tolist()
+    for position, (index, y, x) in enumerate(draws):
+        step, i = divmod(position, 2)
+        gen = keyed_generator(0, "source", "crop", step, i)
+        expected_y = int(torch.randint(0, SIZE[1] - CROP[0] + 1, (1,), generator=gen))
+        expected_x = int(torch.randint(0, SIZE[0] - CROP[1] + 1, (1,), generator=gen))
+        assert (index, y, x) == (order[position], expected_y, expected_x)
 
 
 def test_dataset_cuts_the_sampled_crop(tmp_path: Path) -> None:

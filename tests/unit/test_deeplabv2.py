@@ -7,6 +7,7 @@ the weight converters run on real, randomly initialised tensors (no download any
 from __future__ import annotations
 
 import copy
+import dataclasses
 import resource
 import time
 import urllib.error
@@ -19,8 +20,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from dacs_uda.config import ConfigError, ModelConfig, Params, parse_params
-from dacs_uda.data.transforms import IMG_MEAN_BGR
+from dacs_uda.config import ConfigError, ModelConfig, compose_params, parse_params
+from dacs_uda.models.checkpoint import load_model, save_checkpoint
 from dacs_uda.models.deeplabv2 import ASPP, DeepLabV2, build_model, upsample_logits
 from dacs_uda.models.weights import (
     TORCHVISION_MEAN_RGB,
@@ -33,10 +34,13 @@ from dacs_uda.models.weights import (
     strip_prefixes,
 )
 from dacs_uda.optim import build_optimizer
-from dacs_uda.utils.checkpoint import load_model, save_checkpoint
+from dacs_uda.utils.image import IMG_MEAN_BGR
+from tests.conftest import r101_model, tiny_model, tiny_params
 
-R101 = {"depths": [3, 4, 23, 3], "width": 64, "aspp_dilations": [6, 12, 18, 24]}
-TINY = {"depths": [1, 1, 1, 1], "width": 4, "aspp_dilations": [6, 12, 18, 24]}
+
+def tiny(**changes) -> ModelConfig:
+    """A width-4 network with the paper's ASPP dilations."""
+    return tiny_model(aspp_dilations=[6, 12, 18, 24], **changes)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,7 +54,7 @@ def threads() -> int:
 
 def r101_meta(**overrides) -> DeepLabV2:
     with torch.device("meta"):
-        return DeepLabV2(ModelConfig(**{**R101, **overrides}))
+        return DeepLabV2(r101_model(**overrides))
 
 
 def conv_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1, ceil: bool = False) -> int:
@@ -82,7 +86,7 @@ def test_r101_output_is_65x65_for_512x512_and_65x129_for_512x1024() -> None:
 
 
 def test_stage_sizes_on_real_tensors() -> None:
-    model = DeepLabV2(ModelConfig(**TINY)).eval()
+    model = DeepLabV2(tiny()).eval()
     sizes: dict[str, tuple[int, ...]] = {}
     for name in ("conv1", "maxpool", "layer1", "layer2", "layer3", "layer4", "classifier"):
         getattr(model, name).register_forward_hook(
@@ -188,7 +192,7 @@ def test_r101_parameter_groups() -> None:
 
 
 def test_embedded_default_model_still_builds_and_runs() -> None:
-    params = Params()
+    params = compose_params()
     assert params.model.init == "scratch" and params.model.aspp_sum == "all" and params.model.weights is None
     model = build_model(params.model)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 19, 9, 9)
@@ -214,9 +218,9 @@ def test_aspp_sum_values_and_gradients(summed: str) -> None:
 
 
 def test_aspp_first_two_through_the_model_and_optimizer() -> None:
-    model = build_model(ModelConfig(**TINY, aspp_sum="first_two"))
+    model = build_model(tiny(aspp_sum="first_two"))
     before = copy.deepcopy(model.classifier.state_dict())
-    optimizer = build_optimizer(model, Params().pretrain.optim)
+    optimizer = build_optimizer(model, compose_params().pretrain.optim)
     model(torch.randn(2, 3, 33, 33)).sum().backward()
     optimizer.step()
     after = model.classifier.state_dict()
@@ -247,18 +251,28 @@ def test_aspp_rejects_unknown_mode() -> None:
 )
 def test_config_rejects_bad_model_keys(model: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        parse_params({"model": model})
+        parse_params(default_raw(model=model))
+
+
+def default_raw(**sections: dict) -> dict:
+    """The composed default params as a mapping, with ``sections``' keys changed."""
+    raw = dataclasses.asdict(compose_params())
+    for name, changes in sections.items():
+        raw[name] = {**raw[name], **changes}
+    return raw
 
 
 def test_config_accepts_model_keys() -> None:
-    params = parse_params({"model": {**R101, "init": "imagenet", "aspp_sum": "first_two"}})
+    r101 = dataclasses.asdict(r101_model())
+    params = parse_params(default_raw(model={**r101, "init": "imagenet", "aspp_sum": "first_two"}))
     assert params.model.init == "imagenet" and params.model.weights is None
-    assert parse_params({"model": {"init": "file", "weights": "w.pth"}}).model.weights == "w.pth"
+    assert parse_params(default_raw(model={"init": "file", "weights": "w.pth"})).model.weights == "w.pth"
+    optim = dataclasses.asdict(compose_params().adapt.optim)
     assert parse_params(
-        {"adapt": {"optim": {"duplicate_backbone_updates": True}}}
+        default_raw(adapt={"optim": {**optim, "duplicate_backbone_updates": True}})
     ).adapt.optim.duplicate_backbone_updates
     with pytest.raises(ConfigError, match="duplicate_backbone_updates"):
-        parse_params({"pretrain": {"optim": {"duplicate_backbone_updates": "maybe"}}})
+        parse_params(default_raw(pretrain={"optim": {**optim, "duplicate_backbone_updates": "maybe"}}))
 
 
 # ---------------------------------------------------------------- COCO DeepLab layout (official init)
@@ -279,12 +293,12 @@ def coco_layout(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
 def r101_pair() -> tuple[DeepLabV2, DeepLabV2]:
     """A random 21-class R101 (the 'checkpoint') and a 19-class R101 that the loading tests load into."""
     torch.manual_seed(1)
-    coco = DeepLabV2(ModelConfig(**R101, num_classes=21))
+    coco = DeepLabV2(r101_model(num_classes=21))
     with torch.no_grad():
         for name, buf in coco.named_buffers():  # non-trivial BN statistics, so copying them is visible
             if name.endswith(("running_mean", "running_var")):
                 buf.uniform_(0.5, 1.5)
-    return coco, DeepLabV2(ModelConfig(**R101))
+    return coco, DeepLabV2(r101_model())
 
 
 def test_convert_coco_state_dict_names(r101_pair) -> None:
@@ -323,10 +337,10 @@ def test_load_coco_r101_into_19_class_model(r101_pair, caplog: pytest.LogCapture
 
 def test_init_file_coco_layout_tiny_and_matching_head(tmp_path) -> None:
     torch.manual_seed(2)
-    source = DeepLabV2(ModelConfig(**TINY, num_classes=21))
+    source = DeepLabV2(tiny(num_classes=21))
     path = tmp_path / "coco.pth"
     torch.save(coco_layout(source, "Scale."), path)
-    model = build_model(ModelConfig(**TINY, num_classes=21, init="file", weights=str(path)))
+    model = build_model(tiny(num_classes=21, init="file", weights=str(path)))
     theirs = source.state_dict()
     for key, value in model.state_dict().items():  # same class count: the classifier is copied too
         if not key.endswith("num_batches_tracked"):
@@ -335,11 +349,11 @@ def test_init_file_coco_layout_tiny_and_matching_head(tmp_path) -> None:
 
 def test_init_file_that_does_not_fit_is_an_error(tmp_path) -> None:
     path = tmp_path / "coco.pth"
-    torch.save(coco_layout(DeepLabV2(ModelConfig(**{**TINY, "width": 8})), ""), path)
+    torch.save(coco_layout(DeepLabV2(tiny(width=8)), ""), path)
     with pytest.raises(ValueError, match="model.width"):
-        build_model(ModelConfig(**TINY, init="file", weights=str(path)))
+        build_model(tiny(init="file", weights=str(path)))
     with pytest.raises(FileNotFoundError, match="model.weights"):
-        build_model(ModelConfig(**TINY, init="file", weights=str(tmp_path / "missing.pth")))
+        build_model(tiny(init="file", weights=str(tmp_path / "missing.pth")))
 
 
 # ---------------------------------------------------------------- torchvision layout / ImageNet
@@ -365,7 +379,7 @@ def tv_file(tv_resnet101, tmp_path_factory) -> Path:
 
 def test_init_file_torchvision_layout_loads_as_is(tv_resnet101, tv_file) -> None:
     assert detect_layout(tv_resnet101) == "torchvision"
-    model = build_model(ModelConfig(**R101, init="file", weights=str(tv_file)))
+    model = build_model(r101_model(init="file", weights=str(tv_file)))
     for key, value in model.state_dict().items():
         if not key.startswith("classifier."):
             assert torch.equal(value, tv_resnet101[key]), key
@@ -380,7 +394,7 @@ def test_imagenet_init_through_torchvision_weights_api(tv_resnet101, r101_pair, 
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
     model = r101_pair[1]  # a real R101 (building one is the slow part: reuse it)
-    init_from_config(model, ModelConfig(**R101, init="imagenet"))
+    init_from_config(model, r101_model(init="imagenet"))
     assert urls == [(torchvision.models.ResNet101_Weights.IMAGENET1K_V1.url, True)]
     converted = convert_torchvision_state_dict(tv_resnet101)
     for key, value in model.state_dict().items():
@@ -396,7 +410,7 @@ def test_imagenet_download_failure_says_what_to_do(monkeypatch) -> None:
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError) as err:
-        init_from_config(r101_meta(), ModelConfig(**R101, init="imagenet"))
+        init_from_config(r101_meta(), r101_model(init="imagenet"))
     message = str(err.value)
     assert "resnet101-63fe2227.pth" in message and "model.weights" in message and "URLError" in message
 
@@ -407,7 +421,7 @@ def test_imagenet_init_from_a_local_copy(tv_resnet101, tv_file, r101_pair, monke
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
     model = r101_pair[1]
-    init_from_config(model, ModelConfig(**R101, init="imagenet", weights=str(tv_file)))
+    init_from_config(model, r101_model(init="imagenet", weights=str(tv_file)))
     assert torch.equal(model.conv1.weight, convert_torchvision_state_dict(tv_resnet101)["conv1.weight"])
     assert torch.equal(model.layer2[0].downsample[0].weight, tv_resnet101["layer2.0.downsample.0.weight"])
 
@@ -453,13 +467,13 @@ def test_torchvision_stem_conversion_matches_torchvision_preprocessing() -> None
 def test_checkpoint_round_trips_new_model_fields(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(5)
-    source = DeepLabV2(ModelConfig(**TINY))
+    source = DeepLabV2(tiny())
     weights = tmp_path / "coco.pth"
     torch.save(coco_layout(source, "Scale."), weights)
-    params = Params()
-    params.model = ModelConfig(**TINY, aspp_sum="first_two", init="file", weights=str(weights))
+    params = tiny_params()
+    params.model = tiny(aspp_sum="first_two", init="file", weights=str(weights))
     model = build_model(params.model)
-    save_checkpoint("ckpt.pt", model, params, step=3)
+    save_checkpoint("ckpt.pt", model, params, {}, step=3)
     weights.unlink()  # load_model must rebuild from the checkpoint alone, not re-read model.weights
     loaded, ckpt = load_model("ckpt.pt")
     assert ckpt["model_config"] == asdict(params.model)
@@ -480,10 +494,10 @@ def test_checkpoint_round_trips_new_model_fields(tmp_path, monkeypatch) -> None:
 def test_r101_paper_setting_one_training_step_on_cpu(threads: int) -> None:
     torch.set_num_threads(threads)  # the machine's threads for the big convolutions
     torch.manual_seed(0)
-    cfg = ModelConfig(**R101, aspp_sum="first_two")
+    cfg = r101_model(aspp_sum="first_two")
     student = DeepLabV2(cfg).train()
     teacher = copy.deepcopy(student).train()
-    optim_cfg = Params().adapt.optim
+    optim_cfg = compose_params().adapt.optim
     optim_cfg.lr, optim_cfg.duplicate_backbone_updates = 2.5e-4, True
     optimizer = build_optimizer(student, optim_cfg)
     src, tgt = torch.randn(2, 3, 512, 512) * 50, torch.randn(2, 3, 512, 512) * 50

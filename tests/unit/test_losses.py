@@ -1,4 +1,4 @@
-"""Exact-value tests of the pixel-wise weighted cross-entropy of the mixed images."""
+"""Exact-value tests of the source loss and of the pixel-wise weighted cross-entropy of the mixed images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,27 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dacs_uda.dacs.losses import weighted_cross_entropy
+from dacs_uda.dacs.losses import supervised_loss, weighted_cross_entropy
+
+
+class FixedLogits(torch.nn.Module):
+    """A "model" whose logits ignore the input: one value per class, at a quarter of the input size."""
+
+    def __init__(self, per_class: list[float]) -> None:
+        super().__init__()
+        self.per_class = torch.tensor(per_class)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        return self.per_class.view(1, -1, 1, 1).expand(b, -1, h // 4, w // 4)
+
+
+def test_supervised_loss_averages_over_valid_pixels_only() -> None:
+    # Logits (0, ln 3) everywhere after upsampling: CE is ln 4 for class 0 and ln(4/3) for class 1.
+    labels = torch.tensor([[[0, 1, 255, 255], [1, 1, 255, 255], [0, 0, 0, 255], [1, 255, 255, 255]]])
+    loss = supervised_loss(FixedLogits([0.0, math.log(3)]), torch.zeros(1, 3, 4, 4), labels)
+    expected = (4 * math.log(4) + 4 * math.log(4 / 3)) / 8  # 8 labelled pixels, the 8 ignored ones left out
+    torch.testing.assert_close(loss, torch.tensor(expected))
 
 
 def test_weighted_cross_entropy_hand_computed_with_ignore_in_denominator() -> None:

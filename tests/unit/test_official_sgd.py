@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 from fractions import Fraction
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from dacs_uda.config import ModelConfig, OptimConfig
+from dacs_uda.config import compose_params
 from dacs_uda.models.deeplabv2 import DeepLabV2, build_model
 from dacs_uda.optim import (
     RepeatedSGD,
@@ -19,8 +20,10 @@ from dacs_uda.optim import (
     official_backbone_multiplicity,
     set_lr,
 )
+from tests.conftest import r101_model, tiny_model
 
-TINY = ModelConfig(width=4, depths=[1, 1, 1, 1], aspp_dilations=[1, 2])
+TINY = tiny_model()
+OPTIM = compose_params().pretrain.optim  # the embedded default's SGD (lr 0.01, momentum 0.9, wd 5e-4)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -148,8 +151,8 @@ def test_k3_is_torch_sgd_stepped_three_times_with_the_same_grad() -> None:
 
 def test_official_optimizer_on_the_model_equals_per_parameter_repeated_sgd() -> None:
     """build_optimizer(duplicate_backbone_updates=True): backbone tensors k-fold, classifier once."""
-    cfg = OptimConfig(
-        lr=0.01, head_lr_mult=10.0, momentum=0.9, weight_decay=5e-4, duplicate_backbone_updates=True
+    cfg = dataclasses.replace(
+        OPTIM, lr=0.01, head_lr_mult=10.0, momentum=0.9, weight_decay=5e-4, duplicate_backbone_updates=True
     )
     torch.manual_seed(2)
     model = build_model(TINY)
@@ -180,7 +183,7 @@ def test_official_optimizer_on_the_model_equals_per_parameter_repeated_sgd() -> 
 
 def test_r101_multiplicities_match_section_3_3() -> None:
     with torch.device("meta"):
-        model = DeepLabV2(ModelConfig(depths=[3, 4, 23, 3], width=64, aspp_dilations=[6, 12, 18, 24]))
+        model = DeepLabV2(r101_model())
     listing = official_backbone_listing(model)
     mult = official_backbone_multiplicity(model)
     assert len(listing) == 314 and len(mult) == 104 and sum(mult.values()) == 314
@@ -199,13 +202,13 @@ def test_r101_multiplicities_match_section_3_3() -> None:
 
 
 def test_embedded_default_multiplicities() -> None:
-    mult = official_backbone_multiplicity(DeepLabV2(ModelConfig()))
+    mult = official_backbone_multiplicity(DeepLabV2(compose_params().model))
     assert sorted(mult.values()) == [1] + [3] * 12 + [4] * 4  # depths [1, 1, 1, 1]
 
 
 def test_unfrozen_bn_would_be_listed_too() -> None:
     """The generator lists whatever requires grad: with trainable BN, BN parameters are repeated as well."""
-    model = DeepLabV2(ModelConfig(width=4, freeze_bn_affine=False))
+    model = DeepLabV2(tiny_model(freeze_bn_affine=False))
     names = {p: n for n, p in model.named_parameters()}
     by_name = {names[p]: k for p, k in official_backbone_multiplicity(model).items()}
     assert by_name["bn1.weight"] == 1 and by_name["layer1.0.bn2.bias"] == 3
@@ -214,8 +217,8 @@ def test_unfrozen_bn_would_be_listed_too() -> None:
 
 def test_r101_build_optimizer_groups_and_set_lr() -> None:
     with torch.device("meta"):
-        model = DeepLabV2(ModelConfig(depths=[3, 4, 23, 3], width=64, aspp_dilations=[6, 12, 18, 24]))
-    cfg = OptimConfig(lr=2.5e-4, iterations=250_000, duplicate_backbone_updates=True)
+        model = DeepLabV2(r101_model())
+    cfg = dataclasses.replace(OPTIM, lr=2.5e-4, iterations=250_000, duplicate_backbone_updates=True)
     opt = build_optimizer(model, cfg)
     backbone, head = opt.param_groups
     assert len(backbone["params"]) == 104 and sum(backbone["repeats"]) == 314
@@ -223,7 +226,7 @@ def test_r101_build_optimizer_groups_and_set_lr() -> None:
     lr = set_lr(opt, cfg, 125_000)
     assert lr == pytest.approx(2.5e-4 * 0.5**0.9)
     assert backbone["lr"] == lr and head["lr"] == pytest.approx(10 * lr)
-    plain = build_optimizer(model, OptimConfig())
+    plain = build_optimizer(model, OPTIM)
     assert type(plain) is torch.optim.SGD and all("repeats" not in g for g in plain.param_groups)
 
 
@@ -242,7 +245,7 @@ def test_parameters_without_grad_are_skipped_entirely() -> None:
 def test_state_dict_round_trip_continues_identically() -> None:
     torch.manual_seed(3)
     model = build_model(TINY)
-    cfg = OptimConfig(duplicate_backbone_updates=True)
+    cfg = dataclasses.replace(OPTIM, duplicate_backbone_updates=True)
     opt = build_optimizer(model, cfg)
     set_grads([p for p in model.parameters() if p.requires_grad], 0)
     opt.step()

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
-from dacs_uda.config import AdaptConfig, ModelConfig
+from dacs_uda.config import AdaptConfig
 from dacs_uda.dacs.ema import make_teacher
-from dacs_uda.dacs.losses import weighted_cross_entropy
-from dacs_uda.dacs.step import Alignment, Batch, dacs_step, unsupervised_sample
+from dacs_uda.dacs.losses import supervised_loss, weighted_cross_entropy
+from dacs_uda.dacs.pseudo import Alignment
+from dacs_uda.dacs.step import Batch, Sample, dacs_loss, unsupervised_sample, update_teacher
 from dacs_uda.models.deeplabv2 import build_model, upsample_logits
 from dacs_uda.optim import build_optimizer
-from dacs_uda.pretrain import supervised_loss
+from dacs_uda.train.loop import optimizer_step
+from dacs_uda.utils.rng import StepRandom, step_random
+from tests.conftest import tiny_params
 
+PARAMS = tiny_params()  # the composed conf/ defaults (method dacs, official fidelity), width-4 model
 H = W = 32
 
 
@@ -43,15 +48,24 @@ def make_batch(batch_size: int, seed: int = 0) -> Batch:
     )
 
 
-def no_aug(**kwargs) -> AdaptConfig:
-    return AdaptConfig(jitter_p=0.0, blur_p=0.0, **kwargs)
+def rng(batch_size: int, seed: int = 0) -> StepRandom:
+    """Fresh generators of one step, one per sample, as the training loop makes them."""
+    return step_random(seed, "adapt", 0, range(batch_size))
+
+
+def adapt_cfg(**changes) -> AdaptConfig:
+    return replace(PARAMS.adapt, **changes)
+
+
+def no_aug(**changes) -> AdaptConfig:
+    return adapt_cfg(jitter_p=0.0, blur_p=0.0, **changes)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_dacs_sample_pastes_source_truth_over_pseudo_labels(batch_size: int) -> None:
     batch = make_batch(batch_size)
     sample = unsupervised_sample(
-        batch, ConstantTeacher(margin=1.0), no_aug(fidelity="clean"), torch.Generator().manual_seed(1)
+        batch, ConstantTeacher(margin=1.0), no_aug(fidelity="clean"), rng(batch_size, 1)
     )
     pasted = sample.weights == 1.0  # lambda = 0 here, so weight 1 marks exactly the pasted pixels
     assert torch.equal(sample.labels[pasted], batch.source_labels[pasted])
@@ -67,7 +81,7 @@ def test_dacs_sample_pastes_source_truth_over_pseudo_labels(batch_size: int) -> 
 
 
 def test_confident_teacher_gives_lambda_one() -> None:
-    sample = unsupervised_sample(make_batch(2), ConstantTeacher(margin=10.0), no_aug(), torch.Generator())
+    sample = unsupervised_sample(make_batch(2), ConstantTeacher(margin=10.0), no_aug(), rng(2))
     assert float(sample.lam) == 1.0  # a margin of 10 gives confidence > 0.968 everywhere
     assert torch.equal(sample.weights, torch.ones_like(sample.weights))
 
@@ -76,22 +90,20 @@ def test_official_fidelity_can_paste_the_ignore_label() -> None:
     batch = make_batch(1)
     picked_void = False
     for seed in range(20):
-        sample = unsupervised_sample(
-            batch, ConstantTeacher(), no_aug(fidelity="official"), torch.Generator().manual_seed(seed)
-        )
+        sample = unsupervised_sample(batch, ConstantTeacher(), no_aug(fidelity="official"), rng(1, seed))
         picked_void |= bool((sample.labels == 255).any())
     assert picked_void  # with 3 values {0, 13, 255} the official mask picks 2, sometimes 255
 
 
 def test_lambda_weights_target_pixels() -> None:
-    sample = unsupervised_sample(make_batch(2), ConstantTeacher(margin=1.0), no_aug(), torch.Generator())
+    sample = unsupervised_sample(make_batch(2), ConstantTeacher(margin=1.0), no_aug(), rng(2))
     assert float(sample.lam) == 0.0  # a margin of 1 over 19 classes is far from 0.968
     assert set(sample.weights.unique().tolist()) == {0.0, 1.0}
 
 
 def test_cutmix_pastes_a_box_of_the_requested_area() -> None:
     sample = unsupervised_sample(
-        make_batch(2), ConstantTeacher(margin=1.0), no_aug(method="cutmix"), torch.Generator().manual_seed(3)
+        make_batch(2), ConstantTeacher(margin=1.0), no_aug(method="cutmix"), rng(2, 3)
     )
     pasted = sample.weights == 1.0
     assert pasted.sum(dim=(1, 2)).tolist() == [round(H * 0.5**0.5) * round(W * 0.5**0.5)] * 2
@@ -99,7 +111,7 @@ def test_cutmix_pastes_a_box_of_the_requested_area() -> None:
 
 def test_classmix_mixes_target_with_target() -> None:
     batch = make_batch(3)
-    sample = unsupervised_sample(batch, ConstantTeacher(), no_aug(method="classmix"), torch.Generator())
+    sample = unsupervised_sample(batch, ConstantTeacher(), no_aug(method="classmix"), rng(3))
     # Only target pixels are used: every mixed pixel comes from one of the target crops.
     from_this = sample.images == batch.target_images
     from_next = sample.images == batch.target_images.roll(1, 0)
@@ -110,7 +122,7 @@ def test_classmix_mixes_target_with_target() -> None:
 
 def test_pseudo_label_uses_the_target_crop_unmixed() -> None:
     batch = make_batch(2)
-    sample = unsupervised_sample(batch, ConstantTeacher(), no_aug(method="pseudo_label"), torch.Generator())
+    sample = unsupervised_sample(batch, ConstantTeacher(), no_aug(method="pseudo_label"), rng(2))
     assert torch.equal(sample.images, batch.target_images) and (sample.labels == 2).all()
 
 
@@ -119,11 +131,9 @@ def test_distribution_alignment_shifts_pseudo_labels_towards_the_prior() -> None
     prior[5] = 1.0 - 18 * 0.001
     alignment = Alignment(prior=prior)
     sample = unsupervised_sample(
-        make_batch(2), ConstantTeacher(margin=2.0), no_aug(method="dist_align"), torch.Generator(), alignment
+        make_batch(2), ConstantTeacher(margin=2.0), no_aug(method="dist_align"), rng(2), alignment
     )
-    unaligned = unsupervised_sample(
-        make_batch(2), ConstantTeacher(margin=2.0), no_aug(method="dacs"), torch.Generator()
-    )
+    unaligned = unsupervised_sample(make_batch(2), ConstantTeacher(margin=2.0), no_aug(method="dacs"), rng(2))
     target_part = sample.weights != 1.0
     assert (unaligned.labels[target_part] == 2).all()
     assert (sample.labels[target_part] == 5).all()  # q * p / p~ favours the prior's dominant class
@@ -132,24 +142,51 @@ def test_distribution_alignment_shifts_pseudo_labels_towards_the_prior() -> None
 
 @pytest.mark.parametrize("per_batch", [True, False])
 def test_official_fidelity_shares_augmentation_decisions(per_batch: bool) -> None:
-    cfg = AdaptConfig(
+    cfg = adapt_cfg(
         method="pseudo_label", jitter_p=0.5, blur_p=0.0, fidelity="official" if per_batch else "clean"
     )
     batch = make_batch(8)
     uniform = []
     for seed in range(10):
-        sample = unsupervised_sample(batch, ConstantTeacher(), cfg, torch.Generator().manual_seed(seed))
+        sample = unsupervised_sample(batch, ConstantTeacher(), cfg, rng(8, seed))
         changed = [not torch.equal(sample.images[b], batch.target_images[b]) for b in range(8)]
         uniform.append(len(set(changed)) == 1)  # all 8 images got the same decision
     # one decision per batch (official) vs one per image (clean: all-equal has probability 2/256)
     assert all(uniform) if per_batch else not any(uniform)
 
 
-def total_loss(student, batch: Batch, sample, cfg: AdaptConfig) -> float:
+@pytest.mark.parametrize("method", ["dacs", "cutmix", "pseudo_label", "dist_align"])
+@pytest.mark.parametrize("fidelity", ["official", "clean"])
+def test_a_slice_of_the_batch_gives_the_slice_of_the_sample(method: str, fidelity: str) -> None:
+    # With a per-pixel teacher, every draw of sample b comes from rng.samples[b] (and the official per-batch
+    # decisions from rng.batch): the images and labels of a slice are the slice of the full batch's.
+    # (lambda, hence the weights, is a batch-wide statistic and is left out.)
+    cfg = adapt_cfg(method=method, fidelity=fidelity, jitter_p=0.5, blur_p=0.5)
+    batch = make_batch(4)
+    full = unsupervised_sample(batch, ConstantTeacher(margin=1.0), cfg, rng(4, 2))
+    fresh = rng(4, 2)
+    part = unsupervised_sample(
+        Batch(*(tensor[1:3] for tensor in vars(batch).values())),
+        ConstantTeacher(margin=1.0),
+        cfg,
+        StepRandom(batch=fresh.batch, samples=fresh.samples[1:3]),
+    )
+    assert torch.equal(part.images, full.images[1:3]) and torch.equal(part.labels, full.labels[1:3])
+
+
+def total_loss(student, batch: Batch, sample: Sample, cfg: AdaptConfig) -> float:
     with torch.no_grad():
         mixed = upsample_logits(student(sample.images), sample.labels.shape[-2:])
         loss = supervised_loss(student, batch.source_images, batch.source_labels)
         return float(loss + cfg.mix_weight * weighted_cross_entropy(mixed, sample.labels, sample.weights))
+
+
+def train_step(student, teacher, optimizer, batch: Batch, cfg: AdaptConfig, step: int, alignment=None):
+    """One step composed as the training loop composes it; returns the loss statistics."""
+    loss, stats = dacs_loss(student, teacher, batch, cfg, rng(batch.source_images.shape[0], 5), alignment)
+    optimizer_step(optimizer, loss)
+    update_teacher(teacher, student, cfg, step)
+    return stats
 
 
 @pytest.mark.parametrize(
@@ -157,42 +194,70 @@ def total_loss(student, batch: Batch, sample, cfg: AdaptConfig) -> float:
 )
 def test_one_step_lowers_the_loss_on_a_fixed_batch(method: str) -> None:
     torch.manual_seed(0)
-    student = build_model(ModelConfig(width=4, aspp_dilations=[1, 2])).train()
+    student = build_model(PARAMS.model).train()
     teacher = make_teacher(student).train()
-    cfg = AdaptConfig(
-        method=method, fidelity="official", pseudo_threshold=0.0
-    )  # lambda = 1: every term counts
-    cfg.optim.lr = 1e-3
+    # lambda = 1 (threshold 0): every term counts
+    cfg = adapt_cfg(method=method, fidelity="official", pseudo_threshold=0.0)
+    cfg = replace(cfg, optim=replace(cfg.optim, lr=1e-3))
     optimizer = build_optimizer(student, cfg.optim)
-    batch, gen = make_batch(2), torch.Generator().manual_seed(5)
+    batch = make_batch(2)
     alignment = Alignment(prior=torch.full((19,), 1 / 19)) if method == "dist_align" else None
-    state = gen.get_state()
-    sample = unsupervised_sample(batch, teacher, cfg, gen, copy.deepcopy(alignment))
+    # the sample the step will see: same generators, a copy of the alignment state
+    sample = unsupervised_sample(batch, teacher, cfg, rng(2, 5), copy.deepcopy(alignment))
     before = total_loss(student, batch, sample, cfg)
-    gen.set_state(state)
-    stats = dacs_step(student, teacher, optimizer, batch, cfg, 0, gen, alignment)
+    stats = train_step(student, teacher, optimizer, batch, cfg, 0, alignment)
     after = total_loss(student, batch, sample, cfg)
     assert after < before
-    assert (stats.loss_mix == 0.0) == (method == "source_only")
+    assert (stats["loss_mix"] == 0.0) == (method == "source_only")
+
+
+def test_dacs_loss_returns_the_weighted_total_and_detached_scalar_stats() -> None:
+    torch.manual_seed(0)
+    student = build_model(PARAMS.model).train()
+    cfg = adapt_cfg(mix_weight=0.5)
+    loss, stats = dacs_loss(student, make_teacher(student).train(), make_batch(2), cfg, rng(2))
+    assert set(stats) == {"loss_source", "loss_mix", "confident"}
+    assert all(value.dim() == 0 and not value.requires_grad for value in stats.values())
+    assert loss.requires_grad
+    torch.testing.assert_close(loss.detach(), stats["loss_source"] + 0.5 * stats["loss_mix"])
+
+
+def _no_host_copy(*_args, **_kwargs):
+    raise AssertionError("a tensor was turned into a Python value (a host sync on a GPU)")
+
+
+@pytest.mark.parametrize("method", ["dacs", "cutmix", "classmix", "pseudo_label", "dist_align"])
+def test_dacs_loss_turns_no_tensor_into_a_python_value(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    student = build_model(PARAMS.model).train()
+    teacher = make_teacher(student).train()
+    alignment = Alignment(prior=torch.full((19,), 1 / 19)) if method == "dist_align" else None
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, _no_host_copy)
+    dacs_loss(student, teacher, make_batch(2), adapt_cfg(method=method), rng(2), alignment)
+
+
+@pytest.mark.parametrize(("step", "alpha"), [(0, 0.0), (1, 0.5), (500, 0.99)])
+def test_update_teacher_follows_the_ema_schedule(step: int, alpha: float) -> None:
+    student = build_model(PARAMS.model)
+    teacher = make_teacher(student)
+    with torch.no_grad():
+        teacher.conv1.weight.zero_()
+    update_teacher(teacher, student, adapt_cfg(ema_alpha=0.99), step)
+    torch.testing.assert_close(teacher.conv1.weight, (1 - alpha) * student.conv1.weight)
 
 
 def test_clean_fidelity_teacher_takes_the_students_running_statistics() -> None:
-    student = build_model(ModelConfig(width=4, aspp_dilations=[1, 2])).train()
+    student = build_model(PARAMS.model).train()
     teacher = make_teacher(student).eval()
     cfg = no_aug(fidelity="clean")
-    dacs_step(student, teacher, build_optimizer(student, cfg.optim), make_batch(2), cfg, 3, torch.Generator())
+    train_step(student, teacher, build_optimizer(student, cfg.optim), make_batch(2), cfg, 3)
     assert torch.equal(teacher.bn1.running_mean, student.bn1.running_mean)
     official = no_aug(fidelity="official")
     teacher_official = make_teacher(student).train()
     before = teacher_official.bn1.running_mean.clone()
-    dacs_step(
-        student,
-        teacher_official,
-        build_optimizer(student, official.optim),
-        make_batch(2),
-        official,
-        3,
-        torch.Generator(),
+    train_step(
+        student, teacher_official, build_optimizer(student, official.optim), make_batch(2), official, 3
     )
     assert not torch.equal(teacher_official.bn1.running_mean, student.bn1.running_mean)
     assert not torch.equal(teacher_official.bn1.running_mean, before)  # its own target-batch statistics

@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from dacs_uda.labels import CLASS_NAMES
+from dacs_uda.utils.stats import mean_std
 from dacs_uda.variants import (
     Result,
     experiment_revisions,
     main,
     markdown,
-    mean_std,
     revision_results,
     run_results,
     summarize,
@@ -33,10 +33,12 @@ def per_class_csv(models: dict[str, float | None]) -> str:
 
 
 def eval_json(**miou: float) -> dict:
-    return {
-        "lineage": {"git_revision": "abc", "seed": 0},  # not a model: skipped
-        **{model: {"mIoU": value, "mIoU16": 0.0, "never_predicted": 2} for model, value in miou.items()},
-    }
+    """An ``eval.json`` as the evaluate stage writes it: numbers only, one entry per model."""
+    return {model: {"mIoU": value, "mIoU16": 0.0, "never_predicted": 2} for model, value in miou.items()}
+
+
+# Metrics files written before the lineage moved to checkpoints and ONNX metadata also carry it.
+OLD_LINEAGE = {"lineage": {"git_revision": "abc", "seed": 0}}
 
 
 def params(method: str, seed: int) -> dict:
@@ -47,10 +49,11 @@ def params(method: str, seed: int) -> dict:
     }
 
 
-def test_run_results_maps_models_to_variants() -> None:
+@pytest.mark.parametrize("extra", [{}, OLD_LINEAGE], ids=["numbers-only", "old-with-lineage"])
+def test_run_results_maps_models_to_variants(extra: dict) -> None:
     results = run_results(
         params("source_only", 3),
-        eval_json(source_only=10.0, dacs=12.5, oracle=30.0),
+        {**extra, **eval_json(source_only=10.0, dacs=12.5, oracle=30.0)},
         per_class_csv({"source_only": 1.0, "dacs": 2.0, "oracle": 3.0}),
     )
     assert [(r.variant, r.seed, r.miou, r.never_predicted) for r in results] == [
@@ -62,6 +65,7 @@ def test_run_results_maps_models_to_variants() -> None:
 
 
 def test_mean_std_is_the_sample_std() -> None:
+    """The aggregate the tables report (``utils.stats.mean_std``): n - 1 in the denominator, 0 for one run."""
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([4.0]) == (4.0, 0.0)
 
@@ -103,11 +107,11 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def commit_run(repo: Path, method: str, seed: int, dacs: float) -> str:
+def commit_run(repo: Path, method: str, seed: int, dacs: float, extra: dict | None = None) -> str:
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "params.yaml").write_text(yaml.safe_dump(params(method, seed)))
     (repo / "metrics" / "eval.json").write_text(
-        json.dumps(eval_json(source_only=5.0, dacs=dacs, oracle=30.0))
+        json.dumps({**(extra or {}), **eval_json(source_only=5.0, dacs=dacs, oracle=30.0)})
     )
     (repo / "metrics" / "per_class_iou.csv").write_text(
         per_class_csv({"source_only": 1, "dacs": dacs, "oracle": 3})
@@ -119,11 +123,12 @@ def commit_run(repo: Path, method: str, seed: int, dacs: float) -> str:
 
 @pytest.fixture
 def exp_repo(tmp_path: Path) -> Path:
-    """HEAD is a dacs seed-0 run; two experiment refs as `dvc exp run` leaves them (classmix seeds 0, 1)."""
+    """HEAD is a dacs seed-0 run (an older metrics file, with lineage); two experiment refs as `dvc exp run`
+    leaves them (classmix seeds 0, 1; numbers-only metrics)."""
     git(tmp_path, "init", "-q")
     git(tmp_path, "config", "user.email", "t@example.com")
     git(tmp_path, "config", "user.name", "t")
-    base = commit_run(tmp_path, "dacs", 0, 20.0)
+    base = commit_run(tmp_path, "dacs", 0, 20.0, OLD_LINEAGE)
     for seed, miou in ((0, 11.0), (1, 13.0)):
         rev = commit_run(tmp_path, "classmix", seed, miou)
         git(tmp_path, "update-ref", f"refs/exps/ab/{base}/classmix-s{seed}", rev)

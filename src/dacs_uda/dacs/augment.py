@@ -1,8 +1,11 @@
 """Strong augmentation of the mixed images: colour jitter and Gaussian blur (DACS ``strongTransform``).
 
 Both functions take and return normalised tensors (BGR minus ``IMG_MEAN_BGR``, not scaled; see
-:mod:`dacs_uda.data.transforms`), draw every random number from an explicit CPU ``torch.Generator`` and
-process the whole batch at once. The official code (vikolss/DACS ``utils/transformsgpu.py``) draws *one*
+:mod:`dacs_uda.utils.image`) and process the whole batch at once. Their random numbers come from a
+:class:`~dacs_uda.utils.rng.StepRandom`: image ``b`` draws only from ``rng.samples[b]``, and the one draw
+made for the whole batch from ``rng.batch``, so the result for a slice of the batch, given the matching
+slice of ``rng.samples`` (and the same ``rng.batch``), is that slice of the full result (a batch split over
+processes draws the same numbers). The official code (vikolss/DACS ``utils/transformsgpu.py``) draws *one*
 apply/skip decision per iteration for both mixed images; ``per_image=False`` reproduces that, while the
 default ``per_image=True`` decides for every image independently. Images that are not selected come back
 bit-identical.
@@ -17,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dacs_uda.data.transforms import IMG_MEAN_BGR, denormalize
+from dacs_uda.utils.image import IMG_MEAN_BGR, denormalize
+from dacs_uda.utils.rng import StepRandom
 
 # Row ``i`` gives the (R, G, B) sources for hue sector ``i`` among the stacked candidates (value, falling,
 # grey, rising) of the standard HSV -> RGB formula.
@@ -99,16 +103,26 @@ _JITTER_OPS: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (
 )
 
 
-def _apply_decisions(batch: int, p: float, per_image: bool, generator: torch.Generator) -> Tensor:
-    """``[batch]`` bool CPU tensor: True with probability ``p``, per image or one draw shared by all."""
+def _uniforms(generators: tuple[torch.Generator, ...], count: int) -> Tensor:
+    """``[B, count]`` CPU uniforms: row ``b`` holds the next ``count`` draws of ``generators[b]``."""
+    return torch.stack([torch.rand(count, generator=generator) for generator in generators])
+
+
+def _apply_decisions(batch: int, rng: StepRandom, p: float, per_image: bool) -> Tensor:
+    """``[batch]`` bool CPU tensor, True with probability ``p``: per image, or one draw shared by all.
+
+    ``per_image``: one uniform from each ``rng.samples[b]``; otherwise one uniform from ``rng.batch``.
+    """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
-    draws = torch.rand(batch if per_image else 1, generator=generator)
+    if len(rng.samples) != batch:
+        raise ValueError(f"need one generator per image: {batch} images, {len(rng.samples)} generators")
+    draws = _uniforms(rng.samples, 1).squeeze(1) if per_image else torch.rand(1, generator=rng.batch)
     return (draws < p).expand(batch)
 
 
 def color_jitter(
-    images: Tensor, generator: torch.Generator, *, p: float, strength: float, per_image: bool = True
+    images: Tensor, rng: StepRandom, *, p: float, strength: float, per_image: bool = True
 ) -> Tensor:
     """Colour jitter with the semantics of kornia 0.3.0 ``ColorJitter(s, s, s, s)`` as DACS used it.
 
@@ -122,14 +136,15 @@ def color_jitter(
     rotation then runs the other way round the colour circle, but as every factor distribution is
     symmetric, feeding real RGB (as here) does not change the augmentation distribution.
 
-    Random draws, in this order and for every image whether selected or not (so the generator advances
-    by the same amount for any ``p``): the decisions (``B`` uniforms, or 1 if not ``per_image``;
-    selected if ``u < p``), a ``[4, B]`` block of uniforms for the brightness, contrast, saturation and
-    hue factors, and a ``[B, 4]`` block whose row-wise argsort gives each image's order of the four ops.
+    Random draws, for every image whether selected or not (so each generator advances by the same amount
+    for any ``p``): first the decision, one uniform ``u`` from ``rng.samples[b]`` per image if
+    ``per_image``, else one from ``rng.batch`` for all (selected if ``u < p``); then, for each image ``b``,
+    8 uniforms from ``rng.samples[b]`` (one ``torch.rand(8)``): the first 4 give its brightness, contrast,
+    saturation and hue factors, the argsort of the last 4 its order of the four ops.
 
     Args:
         images: ``[B, 3, H, W]`` normalised BGR images.
-        generator: CPU generator.
+        rng: The step's generators; ``rng.samples`` holds ``B`` of them.
         p: Probability of jittering an image (or the whole batch).
         strength: Jitter strength ``s >= 0`` shared by the four factors.
         per_image: Decide per image (True) or once for the batch (False, official).
@@ -139,11 +154,11 @@ def color_jitter(
     """
     if strength < 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
-    batch = images.shape[0]
-    selected = _apply_decisions(batch, p, per_image, generator)
+    selected = _apply_decisions(images.shape[0], rng, p, per_image)
+    draws = _uniforms(rng.samples, 8)
     centres = torch.tensor([1.0, 1.0, 1.0, 0.0]).view(4, 1)
-    factors = centres + strength * (2.0 * torch.rand(4, batch, generator=generator) - 1.0)
-    order = torch.rand(batch, 4, generator=generator).argsort(dim=1)
+    factors = centres + strength * (2.0 * draws[:, :4].T - 1.0)
+    order = draws[:, 4:].argsort(dim=1)
 
     rows = selected.nonzero().squeeze(1)
     if rows.numel() == 0:
@@ -200,7 +215,7 @@ def _blur_axis(images: Tensor, kernels: Tensor, dim: int) -> Tensor:
 
 def gaussian_blur(
     images: Tensor,
-    generator: torch.Generator,
+    rng: StepRandom,
     *,
     p: float,
     sigma_range: tuple[float, float],
@@ -217,12 +232,13 @@ def gaussian_blur(
     Blurring is linear with a unit-sum kernel, so it commutes with the normalisation: it runs directly on
     the input, in any channel order or normalisation, as the official code does.
 
-    Random draws, in order, for every image whether selected or not: the decisions (``B`` uniforms, or 1
-    if not ``per_image``; selected if ``u < p``), then ``B`` uniforms for the sigmas.
+    Random draws, for every image whether selected or not: first the decision, one uniform ``u`` from
+    ``rng.samples[b]`` per image if ``per_image``, else one from ``rng.batch`` for all (selected if
+    ``u < p``); then, for each image ``b``, one uniform from ``rng.samples[b]`` for its sigma.
 
     Args:
         images: ``[B, C, H, W]`` images.
-        generator: CPU generator.
+        rng: The step's generators; ``rng.samples`` holds ``B`` of them.
         p: Probability of blurring an image (or the whole batch).
         sigma_range: ``(low, high)`` of the uniform sigma distribution, ``0 < low <= high``.
         per_image: Decide per image (True) or once for the batch (False, official).
@@ -234,8 +250,8 @@ def gaussian_blur(
     if not 0.0 < low <= high:
         raise ValueError(f"sigma_range must satisfy 0 < low <= high, got {sigma_range}")
     batch, _, height, width = images.shape
-    selected = _apply_decisions(batch, p, per_image, generator)
-    sigmas = low + (high - low) * torch.rand(batch, generator=generator)
+    selected = _apply_decisions(batch, rng, p, per_image)
+    sigmas = low + (high - low) * _uniforms(rng.samples, 1).squeeze(1)
 
     rows = selected.nonzero().squeeze(1)
     if rows.numel() == 0:

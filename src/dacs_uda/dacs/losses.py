@@ -1,15 +1,34 @@
-"""Loss of the mixed images: pixel-wise weighted cross-entropy.
+"""The two losses of a DACS step: cross-entropy on the source crops, weighted cross-entropy on the mixed ones.
 
-The supervised source loss is plain ``F.cross_entropy(..., ignore_index=255)`` (mean over valid pixels);
-only the mixed loss needs a dedicated function, because the official DACS code averages it differently.
+Both compare logits upsampled to the label size with labels whose ``ignore_index`` pixels carry no loss;
+they differ in the average, exactly as the official code (vikolss/DACS ``utils/loss.py``) does: the source
+loss averages over the valid pixels only, the mixed loss over *all* pixels.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dacs_uda.labels import IGNORE_INDEX
+from dacs_uda.models.deeplabv2 import upsample_logits
+
+
+def supervised_loss(model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of upsampled logits, averaged over non-ignored pixels (official ``CrossEntropy2d``).
+
+    Args:
+        model: Segmentation network returning logits at a lower resolution.
+        images: ``[B, 3, H, W]`` normalised images.
+        labels: ``[B, H, W]`` int64 ground truth, ``IGNORE_INDEX`` where unlabelled.
+
+    Returns:
+        0-dim loss tensor.
+    """
+    height, width = labels.shape[-2:]
+    logits = upsample_logits(model(images), (height, width))
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
 def weighted_cross_entropy(

@@ -2,13 +2,14 @@
 
 DACS (Tranheden et al., WACV 2021, Eq. 1) pastes half of the classes of a *source* image onto a *target*
 image: ``X_M = M * X_S + (1 - M) * X_T`` and ``Y_M = M * Y_S + (1 - M) * Y_T``. The mask ``M`` comes from
-the source ground truth. Every random draw here uses an explicit CPU ``torch.Generator``; tensors may live
-on any device.
+the source ground truth. Every random draw here comes from the sample's own CPU ``torch.Generator``
+(see :mod:`dacs_uda.utils.rng`), so no sample's mask depends on the others; tensors may live on any device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -18,7 +19,7 @@ from dacs_uda.labels import IGNORE_INDEX
 
 def class_mask(
     labels: Tensor,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     *,
     ignore_index: int = IGNORE_INDEX,
     include_ignore: bool = False,
@@ -29,15 +30,16 @@ def class_mask(
     dropped unless ``include_ignore`` is True: the official code (vikolss/DACS ``trainUDA.py``) has the
     filtering line commented out, so 255 can be picked and pasted there; set ``include_ignore=True`` to
     reproduce that. Of the ``n`` eligible classes, ``ceil(n / 2)`` are chosen uniformly without
-    replacement as the first entries of ``torch.randperm(n, generator=generator)`` (one call per sample, in
-    batch order). A sample with no eligible class gets an all-False mask (nothing is pasted).
+    replacement as the first entries of ``torch.randperm(n, generator=generators[b])``, the only draw of
+    sample ``b``. A sample with no eligible class gets an all-False mask (nothing is pasted).
 
     Classes are taken per sample, never as the union over the batch (the batch-vs-sample slip
-    acknowledged in lhoyer/DAFormer issue #19).
+    acknowledged in lhoyer/DAFormer issue #19), and each sample draws from its own generator, so the
+    mask of a slice of the batch, given the matching slice of ``generators``, is that slice of the mask.
 
     Args:
         labels: ``[B, H, W]`` int64 label maps of the source images.
-        generator: CPU generator for the class choice (also used when ``labels`` is on a GPU).
+        generators: ``B`` CPU generators, one per sample (also used when ``labels`` is on a GPU).
         ignore_index: Value marking unlabelled pixels.
         include_ignore: Treat ``ignore_index`` as an ordinary class (official-code quirk).
 
@@ -46,6 +48,8 @@ def class_mask(
     """
     if labels.dim() != 3:
         raise ValueError(f"labels must be [B, H, W], got shape {tuple(labels.shape)}")
+    if len(generators) != labels.shape[0]:
+        raise ValueError(f"need one generator per sample: {labels.shape[0]} samples, {len(generators)} given")
     # One unique over the whole batch plus a [B, K] presence table keeps the pixel work vectorised;
     # only the tiny per-sample permutation below loops over the batch.
     values, inverse = torch.unique(labels, return_inverse=True)
@@ -54,9 +58,9 @@ def class_mask(
     present.scatter_(1, flat, True)
     if not include_ignore:
         present &= values != ignore_index
-    present = present.cpu()  # the choice is made on the CPU generator
+    present = present.cpu()  # the choice is made on the CPU generators
     chosen = torch.zeros_like(present)
-    for b, row in enumerate(present):
+    for b, (row, generator) in enumerate(zip(present, generators, strict=True)):
         candidates = row.nonzero().squeeze(1)
         n = candidates.numel()
         picked = torch.randperm(n, generator=generator)[: math.ceil(n / 2)]
@@ -65,10 +69,9 @@ def class_mask(
 
 
 def cutmix_mask(
-    batch: int,
     height: int,
     width: int,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     *,
     area: float = 0.5,
     device: torch.device | str | None = None,
@@ -77,14 +80,14 @@ def cutmix_mask(
 
     The rectangle has sides ``round(height * sqrt(area))`` by ``round(width * sqrt(area))`` (Python
     rounding), so it covers ``area`` of the image up to rounding. Its top-left corner is uniform over all
-    positions that keep it inside the image; draws are the ``batch`` row offsets, then the ``batch`` column
-    offsets. (The official DACS code only implements the class mask; this is the CutMix alternative.)
+    positions that keep it inside the image: sample ``b`` draws, from ``generators[b]``, its row offset
+    (``torch.randint(0, height - box_h + 1, (1,))``) then its column offset (same with ``width``).
+    (The official DACS code only implements the class mask; this is the CutMix alternative.)
 
     Args:
-        batch: Number of masks ``B``.
         height: Image height ``H``.
         width: Image width ``W``.
-        generator: CPU generator for the rectangle positions.
+        generators: CPU generators, one per sample; the batch size ``B`` is their number.
         area: Fraction of the image covered, in ``[0, 1]``.
         device: Device of the returned mask.
 
@@ -95,13 +98,21 @@ def cutmix_mask(
         raise ValueError(f"area must be in [0, 1], got {area}")
     side = math.sqrt(area)
     box_h, box_w = round(height * side), round(width * side)
-    top = torch.randint(0, height - box_h + 1, (batch,), generator=generator).to(device)
-    left = torch.randint(0, width - box_w + 1, (batch,), generator=generator).to(device)
+    free_rows, free_cols = height - box_h, width - box_w
+    corners = torch.stack([_corner(generator, free_rows, free_cols) for generator in generators]).to(device)
+    top, left = corners[:, :1], corners[:, 1:]
     rows = torch.arange(height, device=device)
     cols = torch.arange(width, device=device)
-    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + box_h)
-    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + box_w)
+    in_rows = (rows >= top) & (rows < top + box_h)
+    in_cols = (cols >= left) & (cols < left + box_w)
     return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def _corner(generator: torch.Generator, free_rows: int, free_cols: int) -> Tensor:
+    """``[2]`` top-left corner of one CutMix box: its row offset, then its column offset."""
+    top = torch.randint(0, free_rows + 1, (1,), generator=generator)
+    left = torch.randint(0, free_cols + 1, (1,), generator=generator)
+    return torch.cat((top, left))
 
 
 def mix(mask: Tensor, source: Tensor, target: Tensor) -> Tensor:

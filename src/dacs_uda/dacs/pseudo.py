@@ -8,6 +8,8 @@ of the mixed loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -83,6 +85,18 @@ def pixel_weights(mask: Tensor, lam: Tensor | float) -> Tensor:
     if not lam.is_floating_point():
         lam = lam.float()
     return torch.where(mask, torch.ones_like(lam), lam)
+
+
+@dataclass
+class Alignment:
+    """Distribution-alignment state: the class prior p and the running mean p~ of teacher predictions.
+
+    ``running`` is None until the first target batch, which initialises it (see the ``dist_align`` method
+    of :mod:`dacs_uda.dacs.step`); it is replaced, never modified in place, at every step.
+    """
+
+    prior: Tensor
+    running: Tensor | None = None
 
 
 def align_distribution(probs: Tensor, prior: Tensor, running_mean: Tensor, eps: float = 1e-6) -> Tensor:

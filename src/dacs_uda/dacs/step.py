@@ -2,7 +2,8 @@
 
 Order as in the official DACS loop: source loss -> teacher pseudo-labels on the un-augmented target
 crops -> mixing (image, label, pixel weight) -> colour jitter and blur of the mixed images -> mixed
-loss weighted by lambda -> one backward and optimiser step -> EMA update of the teacher.
+loss weighted by lambda (:func:`dacs_loss`) -> one backward and optimiser step (the training loop's) ->
+EMA update of the teacher (:func:`update_teacher`).
 
 ``adapt.method`` selects DACS or one of the paper's baselines and ablations; each builds the
 "unsupervised" sample differently and shares everything else:
@@ -15,20 +16,25 @@ loss weighted by lambda -> one backward and optimiser step -> EMA update of the 
 * ``dist_align``: DACS with pseudo-labels from distribution-aligned teacher probabilities
   (q~ = Normalize(q * p / p~), p a class prior, p~ the running mean of the teacher's predictions);
 * ``source_only``: the source loss alone (equal-compute baseline for the adaptation stage).
+
+Randomness comes from a :class:`~dacs_uda.utils.rng.StepRandom`: sample ``b`` of the batch draws its
+mask and augmentation from ``rng.samples[b]``, the official once-per-batch augmentation decisions come
+from ``rng.batch``. Nothing here copies a value from the device to the host.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from dacs_uda.config import AdaptConfig
 from dacs_uda.dacs.augment import color_jitter, gaussian_blur
 from dacs_uda.dacs.ema import ema_alpha, ema_update_
-from dacs_uda.dacs.losses import weighted_cross_entropy
+from dacs_uda.dacs.losses import supervised_loss, weighted_cross_entropy
 from dacs_uda.dacs.mixing import class_mask, cutmix_mask, mix
 from dacs_uda.dacs.pseudo import (
+    Alignment,
     align_distribution,
     confident_fraction,
     pixel_weights,
@@ -37,14 +43,7 @@ from dacs_uda.dacs.pseudo import (
 )
 from dacs_uda.labels import IGNORE_INDEX
 from dacs_uda.models.deeplabv2 import upsample_logits
-from dacs_uda.pretrain import supervised_loss
-
-
-@dataclass(frozen=True)
-class StepStats:
-    loss_source: float
-    loss_mix: float
-    confident: float  # lambda: fraction of confident teacher pixels
+from dacs_uda.utils.rng import StepRandom
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,6 @@ class Batch:
     source_images: torch.Tensor
     source_labels: torch.Tensor
     target_images: torch.Tensor
-
-
-@dataclass
-class Alignment:
-    """Distribution-alignment state: the class prior p and the running mean p~ of teacher predictions."""
-
-    prior: torch.Tensor
-    running: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +67,9 @@ def teacher_predictions(
     teacher: torch.nn.Module, images: torch.Tensor, cfg: AdaptConfig, alignment: Alignment | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels and confidences of the teacher, distribution-aligned for ``dist_align``."""
+    height, width = images.shape[-2:]
     with torch.no_grad():
-        probs = teacher_probabilities(teacher(images), images.shape[-2:])
+        probs = teacher_probabilities(teacher(images), (height, width))
     if cfg.method == "dist_align" and alignment is not None:
         alignment.running = update_running_mean(
             probs.mean(dim=(0, 2, 3)) if alignment.running is None else alignment.running,
@@ -89,69 +81,110 @@ def teacher_predictions(
     return labels, confidence
 
 
+def _cross_domain_sample(
+    batch: Batch, labels_t: torch.Tensor, conf_t: torch.Tensor, cfg: AdaptConfig, rng: StepRandom
+) -> Sample:
+    """Source pixels (a class mask, or a CutMix box) pasted onto the target crops (``dacs``, ``cutmix``)."""
+    if cfg.method == "cutmix":
+        height, width = labels_t.shape[-2:]
+        mask = cutmix_mask(height, width, rng.samples, area=cfg.cutmix_area, device=labels_t.device)
+    else:
+        # official: the ignore label counts as a class and can be pasted (a quirk of the official code)
+        mask = class_mask(
+            batch.source_labels,
+            rng.samples,
+            ignore_index=IGNORE_INDEX,
+            include_ignore=cfg.fidelity == "official",
+        )
+    lam = confident_fraction(conf_t, cfg.pseudo_threshold)
+    images = mix(mask, batch.source_images, batch.target_images)
+    return Sample(images, mix(mask, batch.source_labels, labels_t), pixel_weights(mask, lam), lam)
+
+
+def _target_target_sample(
+    images_t: torch.Tensor, labels_t: torch.Tensor, conf_t: torch.Tensor, cfg: AdaptConfig, rng: StepRandom
+) -> Sample:
+    """Naive ClassMix (``classmix``): each target crop mixed with its neighbour in the batch.
+
+    Mixed sample ``b`` pastes the chosen classes of crop ``b`` (mask from its pseudo-label, drawn from
+    ``rng.samples[b]``) onto crop ``b - 1`` (cyclically). Neighbouring samples are thus coupled: unlike
+    the other methods, a slice of the batch does not give the matching slice of the full-batch result.
+    """
+    mask = class_mask(labels_t, rng.samples, ignore_index=IGNORE_INDEX)
+    images = mix(mask, images_t, images_t.roll(1, 0))
+    labels = mix(mask, labels_t, labels_t.roll(1, 0))
+    lam = confident_fraction(mix(mask, conf_t, conf_t.roll(1, 0)), cfg.pseudo_threshold)
+    return Sample(images, labels, lam.expand_as(conf_t), lam)
+
+
+def _strong_augment(images: torch.Tensor, cfg: AdaptConfig, rng: StepRandom) -> torch.Tensor:
+    """Colour jitter, then blur; official fidelity takes one decision per batch for each."""
+    per_image = cfg.fidelity != "official"
+    images = color_jitter(images, rng, p=cfg.jitter_p, strength=cfg.jitter_strength, per_image=per_image)
+    low, high = cfg.blur_sigma
+    return gaussian_blur(images, rng, p=cfg.blur_p, sigma_range=(low, high), per_image=per_image)
+
+
 def unsupervised_sample(
     batch: Batch,
     teacher: torch.nn.Module,
     cfg: AdaptConfig,
-    generator: torch.Generator,
+    rng: StepRandom,
     alignment: Alignment | None = None,
 ) -> Sample:
-    """Build ``cfg.method``'s sample from the source crops and the teacher's view of the target crops."""
-    official = cfg.fidelity == "official"
+    """Build ``cfg.method``'s sample from the source crops and the teacher's view of the target crops.
+
+    ``rng.samples`` holds one generator per sample (masks, per-image augmentation); ``rng.batch`` serves
+    the official per-batch augmentation decisions. ``alignment`` (``dist_align`` only) is updated in place.
+    """
     labels_t, conf_t = teacher_predictions(teacher, batch.target_images, cfg, alignment)
     if cfg.method in ("dacs", "dist_align", "cutmix"):
-        if cfg.method == "cutmix":
-            b, h, w = labels_t.shape
-            mask = cutmix_mask(b, h, w, generator, area=cfg.cutmix_area, device=labels_t.device)
-        else:
-            mask = class_mask(
-                batch.source_labels, generator, ignore_index=IGNORE_INDEX, include_ignore=official
-            )
-        lam = confident_fraction(conf_t, cfg.pseudo_threshold)
-        images = mix(mask, batch.source_images, batch.target_images)
-        labels, weights = mix(mask, batch.source_labels, labels_t), pixel_weights(mask, lam)
+        sample = _cross_domain_sample(batch, labels_t, conf_t, cfg, rng)
     elif cfg.method == "classmix":
-        # Naive ClassMix: each target crop mixed with the next one of the batch, pseudo-labels on both sides.
-        mask = class_mask(labels_t, generator, ignore_index=IGNORE_INDEX)
-        other = (batch.target_images.roll(1, 0), labels_t.roll(1, 0), conf_t.roll(1, 0))
-        images, labels = mix(mask, batch.target_images, other[0]), mix(mask, labels_t, other[1])
-        lam = confident_fraction(mix(mask, conf_t, other[2]), cfg.pseudo_threshold)
-        weights = torch.full_like(conf_t, float(lam))
+        sample = _target_target_sample(batch.target_images, labels_t, conf_t, cfg, rng)
     else:  # pseudo_label: self-training on the target crop itself
-        images, labels = batch.target_images, labels_t
         lam = confident_fraction(conf_t, cfg.pseudo_threshold)
-        weights = torch.full_like(conf_t, float(lam))
-    images = color_jitter(
-        images, generator, p=cfg.jitter_p, strength=cfg.jitter_strength, per_image=not official
-    )
-    images = gaussian_blur(
-        images, generator, p=cfg.blur_p, sigma_range=tuple(cfg.blur_sigma), per_image=not official
-    )
-    return Sample(images, labels, weights, lam)
+        # lambda on every pixel; a broadcast view, as the loss only reads it
+        sample = Sample(batch.target_images, labels_t, lam.expand_as(conf_t), lam)
+    return replace(sample, images=_strong_augment(sample.images, cfg, rng))
 
 
-def dacs_step(
+def dacs_loss(
     student: torch.nn.Module,
     teacher: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
     batch: Batch,
     cfg: AdaptConfig,
-    step: int,
-    generator: torch.Generator,
+    rng: StepRandom,
     alignment: Alignment | None = None,
-) -> StepStats:
-    """One optimiser step of ``cfg.method``, then the teacher's EMA update."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one step of ``cfg.method``: ``loss_source + cfg.mix_weight * loss_mix``.
+
+    Args:
+        student: Trained model (its two forward passes build the graph of the returned loss).
+        teacher: EMA model producing the pseudo-labels (no graph).
+        batch: Source crops with labels and target crops.
+        cfg: Adaptation settings.
+        rng: The step's generators, one per sample of ``batch`` in ``rng.samples``.
+        alignment: Distribution-alignment state (``dist_align``), updated in place.
+
+    Returns:
+        ``(loss, stats)``: the 0-dim total loss, and detached 0-dim tensors on the loss's device
+        ``loss_source``, ``loss_mix`` and ``confident`` (lambda; both 0 for ``source_only``).
+    """
     loss_source = supervised_loss(student, batch.source_images, batch.source_labels)
-    loss_mix, lam = torch.zeros(()), torch.zeros(())
+    loss_mix = lam = loss_source.new_zeros(())
     if cfg.method != "source_only":
-        sample = unsupervised_sample(batch, teacher, cfg, generator, alignment)
-        logits = upsample_logits(student(sample.images), sample.labels.shape[-2:])
+        sample = unsupervised_sample(batch, teacher, cfg, rng, alignment)
+        height, width = sample.labels.shape[-2:]
+        logits = upsample_logits(student(sample.images), (height, width))
         loss_mix = weighted_cross_entropy(logits, sample.labels, sample.weights, ignore_index=IGNORE_INDEX)
         lam = sample.lam
-    optimizer.zero_grad(set_to_none=True)
-    (loss_source + cfg.mix_weight * loss_mix).backward()
-    optimizer.step()
+    stats = {"loss_source": loss_source.detach(), "loss_mix": loss_mix.detach(), "confident": lam.detach()}
+    return loss_source + cfg.mix_weight * loss_mix, stats
+
+
+def update_teacher(teacher: torch.nn.Module, student: torch.nn.Module, cfg: AdaptConfig, step: int) -> None:
+    """EMA update of the teacher after the optimiser step of 0-based iteration ``step``."""
     # official: parameters only (the teacher normalises with target-batch statistics); clean: the
     # teacher runs in eval mode on the student's running statistics.
     ema_update_(teacher, student, ema_alpha(step, cfg.ema_alpha), copy_buffers=cfg.fidelity == "clean")
-    return StepStats(loss_source.item(), loss_mix.item(), float(lam))

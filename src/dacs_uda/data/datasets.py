@@ -12,6 +12,7 @@ Files whose size differs from the requested size are still resized on load (bicu
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dacs_uda.config import DOMAINS, Params
 from dacs_uda.data.formats import (
     CITYSCAPES_LABEL_ID,
     LABEL_ENCODINGS,
@@ -28,13 +30,13 @@ from dacs_uda.data.formats import (
     read_label_ids,
     to_train_ids,
 )
-from dacs_uda.data.transforms import normalize, random_crop_box, resize_pair
-from dacs_uda.labels import IGNORE_INDEX
+from dacs_uda.data.transforms import random_crop_box, resize_pair
+from dacs_uda.labels import IGNORE_INDEX, NUM_CLASSES
+from dacs_uda.utils.image import as_size, normalize
+from dacs_uda.utils.rng import keyed_generator
 
-DOMAINS = ("source", "target")
 
-
-def manifest_path(params, domain: str) -> Path:
+def manifest_path(params: Params, domain: str) -> Path:
     """The manifest training, evaluation and export read for ``domain``: the prepared one.
 
     Args:
@@ -54,8 +56,8 @@ def read_manifest(path: str | Path, split: str | None = None) -> pd.DataFrame:
             f"{path} not found: run `dvc repro prepare` to build it (it runs `dvc repro validate` first)"
         )
     frame = pd.read_csv(path)
-    encodings = frame["label_encoding"].dropna() if "label_encoding" in frame else []
-    unknown = set(encodings) - set(LABEL_ENCODINGS)
+    encodings = set(frame["label_encoding"].dropna()) if "label_encoding" in frame else set()
+    unknown = encodings - set(LABEL_ENCODINGS)
     if unknown:
         raise ValueError(f"{path}: unknown label_encoding {sorted(unknown)}; expected {LABEL_ENCODINGS}")
     if split is not None:
@@ -102,7 +104,7 @@ class SegmentationDataset(Dataset):
     """Image/label pairs from a manifest, resized to ``size`` (W, H).
 
     An index may be an ``int`` (whole image) or a ``(index, y, x)`` tuple from
-    :class:`RandomCropSampler`, which then cuts a ``crop`` (H, W) window at (y, x). Keeping the
+    :class:`KeyedCropSampler`, which then cuts a ``crop`` (H, W) window at (y, x). Keeping the
     randomness in the sampler makes a run independent of the number of loader workers.
     """
 
@@ -121,7 +123,8 @@ class SegmentationDataset(Dataset):
             if encodings is not None
             else [CITYSCAPES_LABEL_ID] * len(self.images)
         )
-        self.size, self.crop = tuple(size), None if crop is None else tuple(crop)
+        self.size: tuple[int, int] = (size[0], size[1])
+        self.crop = None if crop is None else (crop[0], crop[1])
 
     def __len__(self) -> int:
         return len(self.images)
@@ -141,23 +144,50 @@ class SegmentationDataset(Dataset):
         }
 
 
-class RandomCropSampler(Sampler):
-    """Endless (index, y, x) keys: a fresh permutation per epoch and a uniform crop per draw.
+class KeyedCropSampler(Sampler[tuple[int, int, int]]):
+    """Endless ``(index, y, x)`` keys of one stream, each drawn from a generator keyed by its position.
 
-    The official loaders crop with inclusive ``randint(0, W - w)`` bounds; so does this sampler.
+    Sample ``i`` of step ``s`` sits at flat position ``p = s * batch_size + i``: its frame is entry
+    ``p % length`` of epoch ``p // length``'s permutation (keyed by seed, stream and epoch) and its crop
+    corner comes from a generator keyed by seed, stream, step and ``i``. No draw depends on when the key
+    is asked for, so loader workers that pre-fetch keys, a resumed run starting at ``start_step`` and a
+    batch split over processes all see the same crops. Crops use the official inclusive
+    ``randint(0, W - w)`` bounds.
     """
 
     def __init__(
-        self, length: int, size: tuple[int, int], crop: tuple[int, int], generator: torch.Generator
+        self,
+        length: int,
+        size: tuple[int, int],
+        crop: tuple[int, int],
+        *,
+        seed: int,
+        stream: str,
+        batch_size: int,
+        start_step: int = 0,
     ) -> None:
-        self.length, self.gen = length, generator
-        self.height, self.width = size[1], size[0]
-        self.crop = tuple(crop)
+        self.length, self.height, self.width = length, size[1], size[0]
+        self.crop = (crop[0], crop[1])
+        self.seed, self.stream, self.batch_size, self.start_step = seed, stream, batch_size, start_step
+        self._epoch, self._order = -1, [0]
+
+    def _frame(self, position: int) -> int:
+        epoch, offset = divmod(position, self.length)
+        if epoch != self._epoch:
+            gen = keyed_generator(self.seed, self.stream, "epoch", epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.length, generator=gen).tolist()
+        return self._order[offset]
+
+    def key(self, step: int, index: int) -> tuple[int, int, int]:
+        """The key of sample ``index`` (its position in the global batch) at ``step``."""
+        gen = keyed_generator(self.seed, self.stream, "crop", step, index)
+        y, x = random_crop_box(self.height, self.width, self.crop, gen)
+        return self._frame(step * self.batch_size + index), y, x
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        while True:
-            for index in torch.randperm(self.length, generator=self.gen).tolist():
-                yield (index, *random_crop_box(self.height, self.width, self.crop, self.gen))
+        for step in itertools.count(self.start_step):
+            for index in range(self.batch_size):
+                yield self.key(step, index)
 
 
 def infinite_loader(
@@ -165,18 +195,44 @@ def infinite_loader(
     size: tuple[int, int],
     crop: tuple[int, int],
     batch_size: int,
-    generator: torch.Generator,
+    sampler_key: tuple[int, str],
     num_workers: int = 0,
     with_labels: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches of random crops (drop-last semantics: every batch is full)."""
+    """Endless batches of random crops; ``sampler_key`` is the (seed, stream) of :class:`KeyedCropSampler`."""
     dataset = SegmentationDataset(manifest, size, crop, with_labels)
-    sampler = RandomCropSampler(len(dataset), size, crop, generator)
+    seed, stream = sampler_key
+    sampler = KeyedCropSampler(len(dataset), size, crop, seed=seed, stream=stream, batch_size=batch_size)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
     )
     return iter(loader)
+
+
+def domain_batches(
+    params: Params, section: str, domain: str, batch_size: int, with_labels: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless training crops of ``domain`` for the stage ``section``, in the stream ``section/domain``."""
+    rows = read_manifest(manifest_path(params, domain), split="train")
+    size = as_size(getattr(params.data, domain).resize)
+    crop = as_size(params.data.crop)
+    key = (params.seed, f"{section}/{domain}")
+    return infinite_loader(rows, size, crop, batch_size, key, params.data.num_workers, with_labels)
+
+
+def class_prior(params: Params, domain: str) -> torch.Tensor:
+    """Pixel frequency of each class in ``domain``'s training labels (the distribution-alignment prior)."""
+    rows = read_manifest(manifest_path(params, domain), split="train")
+    size = as_size(getattr(params.data, domain).resize)
+    counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+    for image, label in zip(rows["image"], rows["label"], strict=True):
+        _, train_ids = load_pair(image, label, size)
+        assert train_ids is not None
+        ids = torch.from_numpy(train_ids).long().flatten()
+        counts += torch.bincount(ids[ids < NUM_CLASSES], minlength=NUM_CLASSES)
+    return (counts / counts.sum()).float()

@@ -1,21 +1,17 @@
-"""Download, verify and extract the real datasets: resumable, checked, safe and atomic.
+"""Download the real datasets' archives: resumable, verified, credentials kept out of sight.
 
 * **Resumable**: bytes go to ``<name>.part``; an interrupted or dropped transfer is continued with an
   HTTP ``Range`` request (a server that ignores it makes the download start over, never corrupt it).
-  The archive gets its final name only when it is complete and its checksum matched.
+  The archive gets its final name only when it is complete and its checksum matched
+  (:mod:`dacs_uda.data.staging`).
 * **Verified**: SHA-256 (and MD5) of every archive are computed before it is used and compared with
   the known checksums: the provider's (:mod:`dacs_uda.data.sources`, or the Cityscapes site's MD5
   fetched at download time) and the user's pins (``data.checksums``). With none known, the log says
   the archive is UNVERIFIED and gives its SHA-256 to pin; ``SHA256SUMS`` beside the archives lists them.
-* **Safe**: every member name is checked *before* anything is written: absolute paths, ``..``
-  components, drive letters and symbolic links are refused (the whole archive is rejected), and every
-  target is checked to lie inside the staging folder.
-* **Atomic**: archives are extracted into ``.<root>.partial`` beside the dataset root, one archive
-  at a time (a marker records each finished one, so a rerun resumes); the folder is renamed to the
-  root only when every archive is in and the official layout is complete. A half-extracted dataset
-  never counts as present, and an existing root is never overwritten.
 * **Credentials** (Cityscapes) come from ``CITYSCAPES_USERNAME`` / ``CITYSCAPES_PASSWORD`` only; they
   are sent in the login form's body and never logged, put in URLs, params, lock files or metrics.
+
+Extracting the archives is :mod:`dacs_uda.data.archives`' job.
 """
 
 from __future__ import annotations
@@ -26,27 +22,23 @@ import http.cookiejar
 import logging
 import os
 import re
-import shutil
 import socket
-import stat
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dacs_uda.data.manifest import missing_layout
-from dacs_uda.data.sources import CREDENTIAL_ENV, SOURCES, Archive, Source
+from dacs_uda.data.sources import CREDENTIAL_ENV, DOCS, Archive, Source
+from dacs_uda.data.staging import part_file, promote
+from dacs_uda.utils.io import write_text
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 USER_AGENT = "dacs-uda-downloader/1"
-DOCS = "docs/datasets.md"
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
@@ -56,10 +48,6 @@ class DownloadError(RuntimeError):
 
 class ChecksumMismatch(DownloadError):
     """An archive's checksum differs from the known one."""
-
-
-class UnsafeArchive(DownloadError):
-    """An archive has members that would land outside the target folder."""
 
 
 class CredentialsMissing(DownloadError):
@@ -141,9 +129,7 @@ def record_digest(folder: Path, name: str, sha256: str) -> None:
     old = sums.read_text().splitlines() if sums.is_file() else []
     lines = [line for line in old if not line.endswith(f"  {name}")]
     lines.append(f"{sha256}  {name}")
-    tmp = sums.with_name(f".{sums.name}.tmp")
-    tmp.write_text("\n".join(sorted(lines, key=lambda x: x.split("  ", 1)[-1])) + "\n")
-    os.replace(tmp, sums)
+    write_text(sums, "\n".join(sorted(lines, key=lambda x: x.split("  ", 1)[-1])) + "\n")
 
 
 # --- HTTP ------------------------------------------------------------------------------------------
@@ -199,7 +185,9 @@ def fetch(
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    # Not atomic_path: its temporary is deleted when the block fails, and the bytes of an interrupted
+    # download must stay for the next run to resume (dacs_uda.data.staging).
+    part = part_file(dest)
     opener = opener or urllib.request.build_opener()
     total: int | None = None
     for attempt in range(retries + 1):
@@ -247,7 +235,7 @@ def fetch(
     except ChecksumMismatch as err:
         part.unlink()
         raise ChecksumMismatch(f"{err}; the download was deleted, rerun to download it again") from None
-    os.replace(part, dest)
+    promote(part, dest)
     return digests
 
 
@@ -370,191 +358,6 @@ def server_md5(
     return token.lower() if len(token) == 32 and _HEX.match(token) else None
 
 
-# --- extraction ------------------------------------------------------------------------------------
-
-
-def member_target(name: str, strip: str = "", into: str = "") -> str:
-    """Where an archive member goes, relative to the extraction folder ("" for the top folder itself).
-
-    Raises:
-        UnsafeArchive: The name is absolute, has a drive letter or a ``..`` component.
-    """
-    normal = name.replace("\\", "/")
-    if normal.startswith("/") or re.match(r"^[A-Za-z]:", normal):
-        raise UnsafeArchive(f"{name!r}: absolute path")
-    parts = [p for p in normal.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UnsafeArchive(f"{name!r}: parent-folder reference (..)")
-    if strip and parts and parts[0] == strip:
-        parts = parts[1:]
-    if into and parts and parts[0] != into:
-        parts = [into, *parts]
-    return "/".join(parts)
-
-
-def _inside(folder: Path, relative: str) -> Path:
-    target = (folder / relative).resolve()
-    if os.path.commonpath([target, folder.resolve()]) != str(folder.resolve()):
-        raise UnsafeArchive(f"{relative!r} resolves outside {folder}")
-    return target
-
-
-def _is_zip_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
-def _plan(names: list[tuple[str, bool]], archive: Path, strip: str, into: str) -> list[tuple[int, str]]:
-    """(index, target) of every member to write; raise listing every unsafe member first."""
-    plan, problems = [], []
-    for index, (name, is_link) in enumerate(names):
-        try:
-            if is_link:
-                raise UnsafeArchive(f"{name!r}: symbolic link")
-            target = member_target(name, strip, into)
-        except UnsafeArchive as err:
-            problems.append(str(err))
-            continue
-        if target:
-            plan.append((index, target))
-    if problems:
-        more = f" ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise UnsafeArchive(
-            f"{archive.name}: refusing to extract anything, {len(problems)} unsafe members: "
-            + "; ".join(problems[:10])
-            + more
-        )
-    return plan
-
-
-def _merge(src: Path, dest: Path) -> int:
-    """Move every file of ``src`` into the same place under ``dest``; return how many."""
-    moved = 0
-    for path in sorted(src.rglob("*")):
-        if path.is_file():
-            target = dest / path.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-            moved += 1
-    shutil.rmtree(src)
-    return moved
-
-
-def extract_zip(archive: str | Path, dest: str | Path, strip: str = "", into: str = "") -> int:
-    """Extract a zip archive into ``dest`` (merged with what is there); return the number of files.
-
-    Every member is checked before anything is written; members are written into a private
-    temporary folder inside ``dest`` and moved into place at the end.
-
-    Raises:
-        UnsafeArchive: A member would land outside ``dest`` (nothing is written).
-        DownloadError: The archive is incomplete or corrupt (CRC error, no central directory), or the
-            disk is too small.
-    """
-    archive, dest = Path(archive), Path(dest)
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            plan = _plan([(i.filename, _is_zip_symlink(i)) for i in infos], archive, strip, into)
-            need = sum(infos[i].file_size for i, _ in plan)
-            dest.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(dest).free
-            if need > free:
-                raise DownloadError(
-                    f"{archive.name} needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free in {dest}"
-                )
-            work = dest / f".extract-{archive.name}"
-            shutil.rmtree(work, ignore_errors=True)
-            for index, target in plan:
-                info = infos[index]
-                path = _inside(work, target)
-                if info.is_dir():
-                    path.mkdir(parents=True, exist_ok=True)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(path, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-    except zipfile.BadZipFile as err:
-        raise DownloadError(
-            f"{archive}: incomplete or corrupt zip ({err}); delete it and rerun to download it again"
-        ) from None
-    return _merge(work, dest)
-
-
-RAR_TOOLS = ("bsdtar", "unrar", "7z", "7zz")
-
-
-def _rar_tool() -> str:
-    for tool in RAR_TOOLS:
-        if shutil.which(tool):
-            return tool
-    raise DownloadError(
-        "extracting a .rar archive needs one of "
-        f"{', '.join(RAR_TOOLS)} on the PATH (e.g. `apt-get install libarchive-tools`); or extract it "
-        "yourself and point params at the extracted folder"
-    )
-
-
-def _rar_names(tool: str, archive: Path) -> list[str]:
-    commands = {
-        "bsdtar": [tool, "-tf", str(archive)],
-        "unrar": [tool, "lb", str(archive)],
-        "7z": [tool, "l", "-ba", "-slt", str(archive)],
-        "7zz": [tool, "l", "-ba", "-slt", str(archive)],
-    }
-    out = subprocess.run(commands[tool], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise DownloadError(f"{tool} cannot list {archive.name}: {out.stderr.strip()[:500]}")
-    lines = out.stdout.splitlines()
-    if tool.startswith("7z"):
-        return [line[len("Path = ") :] for line in lines if line.startswith("Path = ")]
-    return [line for line in lines if line]
-
-
-def extract_rar(archive: str | Path, dest: str | Path, strip: str = "", into: str = "") -> int:
-    """Extract a RAR archive with an external tool, with the same checks as :func:`extract_zip`.
-
-    The member list is checked before extraction; after it, the private folder is checked again
-    (no symbolic links, nothing outside) and Windows-style ``a\\b`` names become folders.
-    """
-    archive, dest = Path(archive), Path(dest)
-    tool = _rar_tool()
-    _plan([(name, False) for name in _rar_names(tool, archive)], archive, strip, into)
-    dest.mkdir(parents=True, exist_ok=True)
-    work = dest / f".extract-{archive.name}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    commands = {
-        "bsdtar": [tool, "-xf", str(archive.resolve()), "-C", str(work)],
-        "unrar": [tool, "x", "-o+", "-y", str(archive.resolve()), str(work) + os.sep],
-        "7z": [tool, "x", "-y", f"-o{work}", str(archive.resolve())],
-        "7zz": [tool, "x", "-y", f"-o{work}", str(archive.resolve())],
-    }
-    out = subprocess.run(commands[tool], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        shutil.rmtree(work, ignore_errors=True)
-        raise DownloadError(f"{tool} failed on {archive.name}: {out.stderr.strip()[:500]}")
-    staged = work.with_name(work.name + ".mapped")
-    shutil.rmtree(staged, ignore_errors=True)
-    for path in sorted(work.rglob("*")):
-        if path.is_symlink():
-            shutil.rmtree(work, ignore_errors=True)
-            raise UnsafeArchive(f"{archive.name}: symbolic link {path.relative_to(work)} refused")
-        if path.is_file():
-            target = member_target(str(path.relative_to(work)), strip, into)
-            final = _inside(staged, target)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)
-    shutil.rmtree(work)
-    return _merge(staged, dest) if staged.exists() else 0
-
-
-def extract(archive: Path, dest: Path, spec: Archive) -> int:
-    """Extract ``archive`` (zip or rar, by its name) into ``dest`` following ``spec``."""
-    if archive.suffix.lower() == ".rar":
-        return extract_rar(archive, dest, spec.strip, spec.into)
-    return extract_zip(archive, dest, spec.strip, spec.into)
-
-
 # --- a whole dataset -------------------------------------------------------------------------------
 
 
@@ -621,72 +424,30 @@ def ensure_archive(
     return path
 
 
-def fetch_dataset(
-    fmt: str,
-    root: str | Path,
-    downloads: str | Path,
-    pins: Mapping[str, Mapping[str, str]] | None = None,
+def download_archives(
+    source: Source,
+    archives_dir: Path,
+    pins: Mapping[str, Mapping[str, str]],
     *,
-    key: str = "data.source.root",
-    source: Source | None = None,
+    root: str,
+    key: str,
     env: Mapping[str, str] | None = None,
     **fetch_options,
-) -> Path:
-    """Make ``root`` hold the dataset ``fmt`` in its official layout: download, verify and extract.
-
-    Nothing happens if ``root`` already has the layout. Otherwise every archive is made present and
-    verified under ``<downloads>/<fmt>/``, extracted into ``.<root>.partial`` (resuming archive by
-    archive), and the folder is renamed to ``root`` once the layout is complete.
+) -> list[Path]:
+    """Every archive of ``source``, verified, under ``archives_dir`` (downloaded or resumed if missing).
 
     Args:
-        fmt: Dataset format (a key of :data:`~dacs_uda.data.sources.SOURCES`).
-        root: The dataset root (must not exist, or be an empty folder).
-        downloads: Folder for the archives.
+        source: The dataset's download facts.
+        archives_dir: Folder for the archives (``<data.downloads>/<format>``).
         pins: User-pinned checksums (:func:`read_pins`).
-        key: The params key of ``root``, for messages.
-        source: Override of ``SOURCES[fmt]`` (tests).
-        env: Environment to read credentials from (default ``os.environ``).
+        root: The dataset root they are for, and ``key``, its params key: both for messages.
+        env: Environment to read credentials from (default ``os.environ``); read only when an
+            account-protected archive must be downloaded.
         **fetch_options: Passed to :func:`fetch` (retries, backoff, timeout).
 
     Raises:
         DownloadError: And subclasses; the message says what to do.
     """
-    source = source or SOURCES[fmt]
-    root = Path(root)
-    if not missing_layout(fmt, root):
-        return root
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise DownloadError(
-            f"{root} exists but is not a complete {source.title} tree (missing: "
-            f"{', '.join(missing_layout(fmt, root))}); it is left untouched. Move it away to download "
-            f"afresh, or fix `{key}`."
-        )
-    archives_dir = Path(downloads) / fmt
     archives_dir.mkdir(parents=True, exist_ok=True)
-    session = _Session(source, env, archives_dir, str(root), key)
-    paths = [
-        ensure_archive(spec, archives_dir, pins or {}, session, **fetch_options) for spec in source.archives
-    ]
-    staging = root.parent / f".{root.name}.partial"
-    markers = root.parent / f".{root.name}.partial-done"
-    markers.mkdir(parents=True, exist_ok=True)
-    for spec, path in zip(source.archives, paths, strict=True):
-        marker = markers / spec.name
-        if marker.exists():
-            continue
-        count = extract(path, staging, spec)
-        marker.write_text(f"{count}\n")
-        log.info("extracted %s (%d files)", spec.name, count)
-    missing = missing_layout(fmt, staging)
-    if missing:
-        raise DownloadError(
-            f"after extracting every archive, {staging} lacks {', '.join(missing)}: the archives do not have "
-            f"the expected {source.title} layout (see {DOCS})"
-        )
-    if root.is_dir():
-        root.rmdir()  # empty, checked above
-    root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, root)
-    shutil.rmtree(markers)
-    log.info("%s ready at %s", source.title, root)
-    return root
+    session = _Session(source, env, archives_dir, root, key)
+    return [ensure_archive(spec, archives_dir, pins, session, **fetch_options) for spec in source.archives]

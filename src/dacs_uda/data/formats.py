@@ -74,7 +74,7 @@ FORMATS: dict[str, DatasetFormat] = {
         label_modes=("P", "L"),
         label_mode_check="label mode P or L",
         max_label_id=L.MAX_LABEL_ID,
-        image_resample=Image.BICUBIC,  # dacs_official.md §5.1
+        image_resample=Image.Resampling.BICUBIC,  # dacs_official.md §5.1
         official_resize=(1280, 720),
         native_size=(1914, 1052),
         warn_only=GTA5_KNOWN_DEFECTS,
@@ -87,7 +87,7 @@ FORMATS: dict[str, DatasetFormat] = {
         label_modes=("16-bit RGB", "16-bit RGBA", "16-bit L"),
         label_mode_check="label is a 16-bit PNG",
         max_label_id=L.MAX_SYNTHIA_ID,
-        image_resample=Image.BICUBIC,  # dacs_official.md §5.4 (as GTA5)
+        image_resample=Image.Resampling.BICUBIC,  # dacs_official.md §5.4 (as GTA5)
         official_resize=(1280, 720),
         native_size=(1280, 760),
     ),
@@ -99,7 +99,7 @@ FORMATS: dict[str, DatasetFormat] = {
         label_modes=("P", "L"),
         label_mode_check="label mode P or L",
         max_label_id=L.MAX_LABEL_ID,
-        image_resample=Image.BILINEAR,  # dacs_official.md §5.2/§5.3 (PIL bilinear)
+        image_resample=Image.Resampling.BILINEAR,  # dacs_official.md §5.2/§5.3 (PIL bilinear)
         official_resize=(1024, 512),
         native_size=(2048, 1024),
     ),

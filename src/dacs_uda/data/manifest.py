@@ -19,6 +19,7 @@ The official facts of each format (counts, label encodings, sizes) live in :mod:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -191,14 +192,15 @@ def inspect_file(job: tuple[str, bool] | tuple[str, bool, str]) -> dict[str, Any
     return info
 
 
-def _inspect_all(jobs: list[tuple[str, bool]], workers: int, desc: str) -> list[dict[str, Any]]:
+def _inspect_all(jobs: list[tuple[str, bool, str]], workers: int, desc: str) -> list[dict[str, Any]]:
     """Run :func:`inspect_file` over ``jobs`` (in a process pool if ``workers > 1``), in order."""
-    bar = {"total": len(jobs), "desc": desc, "unit": "file", "mininterval": 2.0}
     if workers <= 1 or len(jobs) < 2:
-        return [inspect_file(job) for job in tqdm(jobs, **bar)]
+        results: Iterable[dict[str, Any]] = map(inspect_file, jobs)
+        return list(tqdm(results, total=len(jobs), desc=desc, unit="file", mininterval=2.0))
     chunk = max(1, min(64, len(jobs) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(inspect_file, jobs, chunksize=chunk), **bar))
+        results = pool.map(inspect_file, jobs, chunksize=chunk)
+        return list(tqdm(results, total=len(jobs), desc=desc, unit="file", mininterval=2.0))
 
 
 def _side(path: str, info: dict[str, Any] | None, kind: str, other: str) -> tuple[dict[str, Any], str]:

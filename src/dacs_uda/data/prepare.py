@@ -1,5 +1,5 @@
-"""Stage ``prepare``: resize every validated pair once and cache it, so training never decodes a
-full-size PNG per step.
+"""Resize every validated pair once and cache it, so training never decodes a full-size PNG per step
+(the library of the ``prepare`` stage).
 
 Input: the validated manifests ``<data.manifests>/{source,target}.csv`` (stage ``validate``).
 Output, under ``data.prepared``:
@@ -18,10 +18,11 @@ Recipe (the official DACS loaders', done once instead of every step):
   through the training-id table to the matching Cityscapes id, ignored ids to 0 "unlabeled"). So
   training does one thing for every dataset: label id -> training id with one 256-entry table.
 
-Resumable and atomic: every file is written under a temporary name and renamed, so a half-written
-file never counts; ``<domain>/index.json`` records the recipe and the source file (size, mtime) each
-output came from, and a rerun keeps every output whose record still matches and whose PNG header has
-the right size. Outputs no longer in the manifest are removed.
+Resumable and atomic: every file is written under a temporary name and renamed
+(:func:`dacs_uda.utils.io.atomic_path`), so a half-written file never counts; ``<domain>/index.json``
+records the recipe and the source file (size, mtime) each output came from, and a rerun keeps every
+output whose record still matches and whose PNG header has the right size. Outputs no longer in the
+manifest, and temporaries an interrupted run left behind, are removed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,8 +43,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from dacs_uda.config import ConfigError, Params, load_params
-from dacs_uda.data.datasets import DOMAINS, manifest_path, read_manifest
+from dacs_uda.config import DOMAINS, Params
+from dacs_uda.data.datasets import manifest_path, read_manifest
 from dacs_uda.data.formats import (
     CITYSCAPES_LABEL_ID,
     FORMATS,
@@ -52,8 +54,7 @@ from dacs_uda.data.formats import (
     to_train_ids,
 )
 from dacs_uda.labels import train_id_to_label_id_lut
-from dacs_uda.utils.io import write_text
-from dacs_uda.utils.logging import setup_logging
+from dacs_uda.utils.io import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,11 @@ PREPARED_COLUMNS = (
     "split", "image", "label", "label_encoding", "width", "height", "raw_image", "raw_label", "warning",
     "raw_image_sha256", "raw_label_sha256",
 )  # fmt: skip
-_RESAMPLE_NAMES = {Image.BICUBIC: "bicubic", Image.BILINEAR: "bilinear", Image.NEAREST: "nearest"}
+_RESAMPLE_NAMES: dict[int, str] = {
+    Image.Resampling.BICUBIC: "bicubic",
+    Image.Resampling.BILINEAR: "bilinear",
+    Image.Resampling.NEAREST: "nearest",
+}
 
 
 class PrepareError(RuntimeError):
@@ -98,29 +103,16 @@ def recipe(fmt: str, size: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _save_png(img: Image.Image, path: Path) -> None:
-    """Write ``img`` as PNG under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
+    """Write ``img`` as PNG, atomically."""
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _copy(src: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
+    """Copy ``src`` byte for byte to ``path``, atomically."""
+    with atomic_path(path) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _TO_LABEL_ID = train_id_to_label_id_lut()
@@ -150,7 +142,7 @@ def prepare_one(job: Job) -> str:
             _save_png(image, Path(job.image_out))
         label = Image.fromarray(prepared_label_ids(job.label, job.encoding), "L")
         if label.size != job.size:
-            label = label.resize(job.size, Image.NEAREST)
+            label = label.resize(job.size, Image.Resampling.NEAREST)
         _save_png(label, Path(job.label_out))
         return ""
     except Exception as err:  # noqa: BLE001 - reported with the file name by the caller
@@ -167,7 +159,7 @@ def _output_ok(path: str, size: tuple[int, int]) -> bool:
         width, height, _, _ = png_header(path)
     except (OSError, ValueError):
         return False
-    return (width, height) == tuple(size)
+    return (width, height) == size
 
 
 def _load_index(folder: Path, wanted: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +192,7 @@ def _jobs(rows: pd.DataFrame, fmt: str, folder: Path, size: tuple[int, int]) -> 
                 label=str(label),
                 image_out=str(folder / "images" / split / f"{stem}.png"),
                 label_out=str(folder / "labels" / split / f"{stem}.png"),
-                size=tuple(size),
+                size=size,
                 resample=spec.image_resample,
                 encoding=spec.label_encoding,
             )
@@ -209,12 +201,21 @@ def _jobs(rows: pd.DataFrame, fmt: str, folder: Path, size: tuple[int, int]) -> 
 
 
 def _remove_stale(folder: Path, jobs: list[Job]) -> int:
-    """Delete files under ``folder``'s images/labels that no job produces (and leftover temporaries)."""
+    """Delete the files under ``folder``'s images/labels that no job produces; return how many.
+
+    That includes the temporaries of an interrupted run (:func:`~dacs_uda.utils.io.atomic_path`
+    folders beside their target); folders left empty are removed too.
+    """
     keep = {os.path.abspath(p) for job in jobs for p in (job.image_out, job.label_out)}
     removed = 0
     for sub in ("images", "labels"):
-        for path in (folder / sub).rglob("*") if (folder / sub).is_dir() else []:
-            if path.is_file() and os.path.abspath(path) not in keep:
+        top = folder / sub
+        # Deepest first, so a folder is looked at after everything in it.
+        for path in sorted(top.rglob("*"), reverse=True) if top.is_dir() else []:
+            if path.is_dir() and not path.is_symlink():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif os.path.abspath(path) not in keep:
                 path.unlink()
                 removed += 1
     return removed
@@ -256,26 +257,27 @@ def prepare_domain(
     """
     start = time.perf_counter()
     folder = Path(folder)
-    wanted = recipe(fmt, tuple(size))
-    jobs = _jobs(rows, fmt, folder, tuple(size))
+    size = (int(size[0]), int(size[1]))  # a params list works too
+    wanted = recipe(fmt, size)
+    jobs = _jobs(rows, fmt, folder, size)
     previous = _load_index(folder, wanted)
     files: dict[str, Any] = {}
     todo: list[Job] = []
     for job in jobs:
-        stats = _stat(job.image) + _stat(job.label)
+        sources = _stat(job.image) + _stat(job.label)
         if (
-            previous.get(job.key) == stats
+            previous.get(job.key) == sources
             and _output_ok(job.image_out, job.size)
             and _output_ok(job.label_out, job.size)
         ):
-            files[job.key] = stats
+            files[job.key] = sources
         else:
             todo.append(job)
     reused = len(jobs) - len(todo)
     failures: list[str] = []
     progress = tqdm(total=len(todo), desc=f"prepare {fmt} -> {folder}", unit="pair", mininterval=2.0)
 
-    def consume(results) -> None:
+    def consume(results: Iterable[str]) -> None:
         for done, (job, error) in enumerate(zip(todo, results, strict=True), start=1):
             if error:
                 failures.append(f"{job.image} / {job.label}: {error}")
@@ -330,35 +332,9 @@ def prepare_data(params: Params, workers: int = 2) -> dict[str, DomainStats]:
         cfg = getattr(params.data, domain)
         rows = read_manifest(Path(params.data.manifests) / f"{domain}.csv")
         folder = Path(params.data.prepared) / domain
-        manifests[domain], out[domain] = prepare_domain(rows, cfg.format, folder, tuple(cfg.resize), workers)
+        size = (cfg.resize[0], cfg.resize[1])
+        manifests[domain], out[domain] = prepare_domain(rows, cfg.format, folder, size, workers)
         log.info("prepared %s (%s): %s", domain, cfg.format, asdict(out[domain]))
     for domain, frame in manifests.items():
         write_text(manifest_path(params, domain), frame.to_csv(index=False))
     return out
-
-
-def main() -> int:
-    """Run the stage; exit code 1 (naming the files) when something cannot be prepared."""
-    setup_logging()
-    start = time.perf_counter()
-    try:
-        params = load_params()
-        stats = prepare_data(params, workers=min(8, os.cpu_count() or 1))
-    except (ConfigError, FileNotFoundError, ValueError, PrepareError) as err:
-        log.error("prepare: %s", err)
-        return 1
-    seconds = time.perf_counter() - start
-    written = sum(s.written for s in stats.values())
-    log.info(
-        "prepare done in %.1f s: %d pairs written (%.1f pairs/s), %d reused; manifests in %s",
-        seconds,
-        written,
-        written / max(seconds, 1e-9),
-        sum(s.reused for s in stats.values()),
-        params.data.prepared,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -23,6 +23,7 @@ GTA5_BASE = "https://download.visinf.tu-darmstadt.de/data/from_games/data"
 SYNTHIA_URL = "http://synthia-dataset.cvc.uab.cat/SYNTHIA_RAND_CITYSCAPES.rar"
 
 CREDENTIAL_ENV = ("CITYSCAPES_USERNAME", "CITYSCAPES_PASSWORD")
+DOCS = "docs/datasets.md"  # where users read how to get each dataset (named in every error message)
 
 
 @dataclass(frozen=True)

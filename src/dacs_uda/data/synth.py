@@ -72,10 +72,13 @@ _CAMERA_LOOK = {
     TRAIN: (180, 60, 50), MOTORCYCLE: (50, 50, 55), BICYCLE: (60, 60, 70), VOID: (100, 95, 90),
     EGO: (25, 25, 30),
 }  # fmt: skip
-_TARGET_PALETTE = {
-    cls: tuple((a + b) // 2 for a, b in zip(_BASE_PALETTE[cls], look, strict=True))
-    for cls, look in _CAMERA_LOOK.items()
-}
+
+
+def _halfway(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
+    return ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2, (a[2] + b[2]) // 2)
+
+
+_TARGET_PALETTE = {cls: _halfway(_BASE_PALETTE[cls], look) for cls, look in _CAMERA_LOOK.items()}
 
 SOURCE_STYLE = Style(
     horizon=(0.40, 0.50),
@@ -128,7 +131,7 @@ class Canvas:
         self.fine = rng.standard_normal((height, width)).astype(np.float32)
         coarse = rng.standard_normal((height // 8 + 2, width // 8 + 2)).astype(np.float32)
         self.coarse = np.asarray(
-            Image.fromarray(coarse).resize((width, height), Image.BILINEAR), dtype=np.float32
+            Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32
         )
 
     def colour(self, cls: int, jitter: float = 12.0) -> np.ndarray:
@@ -341,7 +344,7 @@ def _finish(c: Canvas, s: Street) -> np.ndarray:
     if st.ego_hood:
         hood = c.ellipse(c.w / 2, c.h * 1.25, c.w * 0.75, c.h * rng.uniform(0.28, 0.36))
         c.paint(hood, EGO, grain=0.3)
-    rgb = c.rgb
+    rgb: np.ndarray = c.rgb
     if st.haze:
         near_horizon = np.exp(-np.abs(c.yy - s.horizon) / (0.25 * c.h))[..., None]
         rgb = rgb * (1 - st.haze * near_horizon) + 210.0 * st.haze * near_horizon

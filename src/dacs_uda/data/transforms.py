@@ -1,37 +1,24 @@
-"""Image normalisation and paired resize/crop, as in the official DACS loaders.
-
-Images become float32 CHW tensors in **BGR order minus the Caffe/ImageNet mean, not scaled** (the
-convention of the DeepLab-v2 COCO weights DACS starts from). Every random draw takes a generator.
+"""Paired resize and random crops, as in the official DACS loaders (normalisation:
+:mod:`dacs_uda.utils.image`). Every random draw takes a generator.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 
-IMG_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+from dacs_uda.utils.image import as_size
 
 
-def normalize(image: np.ndarray) -> torch.Tensor:
-    """uint8 RGB HxWx3 -> float32 3xHxW, BGR, minus ``IMG_MEAN_BGR``."""
-    bgr = torch.from_numpy(np.ascontiguousarray(image[..., ::-1])).permute(2, 0, 1).float()
-    return bgr - torch.tensor(IMG_MEAN_BGR).view(3, 1, 1)
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`normalize` for a (..., 3, H, W) tensor: RGB in [0, 1]."""
-    mean = torch.tensor(IMG_MEAN_BGR, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    return ((x + mean) / 255.0).flip(-3).clamp(0, 1)
-
-
-def resize_pair(image: Image.Image, label: Image.Image | None, size: tuple[int, int]):
+def resize_pair(
+    image: Image.Image, label: Image.Image | None, size: tuple[int, int]
+) -> tuple[Image.Image, Image.Image | None]:
     """Resize to ``size`` (W, H): bicubic image, nearest label (official DACS resampling)."""
-    size = tuple(size)
+    size = as_size(size)
     if image.size != size:
-        image = image.resize(size, Image.BICUBIC)
+        image = image.resize(size, Image.Resampling.BICUBIC)
     if label is not None and label.size != size:
-        label = label.resize(size, Image.NEAREST)
+        label = label.resize(size, Image.Resampling.NEAREST)
     return image, label
 
 

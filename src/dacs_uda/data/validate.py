@@ -1,4 +1,4 @@
-"""Stage ``validate``: check both datasets with Great Expectations before anything trains on them.
+"""Check both datasets with Great Expectations before anything trains on them (the ``validate`` stage).
 
 For each domain, :func:`~dacs_uda.data.manifest.build_manifest` decodes every file, and a suite of
 expectations (:func:`build_suite`) runs over the manifest table: files readable, no missing pair,
@@ -9,18 +9,15 @@ Known defects of the official releases (:data:`dacs_uda.data.formats.GTA5_KNOWN_
 whose image and label sizes differ, missing pairs) are *warnings*: listed by file in the report and
 counted in the metrics, never silently dropped. A row without a label or image is left out of the
 manifest; a size mismatch is kept (``prepare`` resizes image and label to the same size, as the
-official loader does). Every other failed check fails the stage.
+official loader does). Every other failed check fails the dataset.
 
-Outputs: ``<data.manifests>/source.csv`` and ``target.csv`` (written only when *both* datasets pass,
-so later stages never see a half-valid dataset), ``reports/validation.md`` (what failed, which files,
-how to fix) and ``metrics/validation.json``. On failure the stage exits 1 and ``dvc repro`` stops.
+The outcome of every check is a :class:`DatasetResult`; what is written from it (manifests, report,
+metrics) is :mod:`dacs_uda.data.report`'s job.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,23 +28,17 @@ import great_expectations.expectations as gxe
 import pandas as pd
 from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.expectations.metadata_types import FailureSeverity
 from great_expectations.expectations.row_conditions import Column
 
-from dacs_uda.config import ConfigError, DataConfig, DomainConfig, Params, load_params
+from dacs_uda.config import DOMAINS, DataConfig, DomainConfig
 from dacs_uda.data.formats import FORMATS
 from dacs_uda.data.manifest import build_manifest
-from dacs_uda.data.version import UNKNOWN, data_version
+from dacs_uda.data.version import data_version
 from dacs_uda.labels import MAX_LABEL_ID
-from dacs_uda.utils.io import write_json, write_text
-from dacs_uda.utils.lineage import lineage, with_lineage
-from dacs_uda.utils.logging import setup_logging
+from dacs_uda.lineage import UNKNOWN
 
 log = logging.getLogger(__name__)
-
-REPORT_PATH = Path("reports/validation.md")
-METRICS_PATH = Path("metrics/validation.json")
-DATASETS = ("source", "target")
-MAX_REPORTED_FILES = 500  # report table rows; the count of all bad files is always given
 
 # Official dataset sizes, used for real (non-embedded) data pairs unless `data.<domain>.counts` is set.
 OFFICIAL_COUNTS: dict[str, dict[str, int]] = {name: dict(f.counts) for name, f in FORMATS.items()}
@@ -95,6 +86,11 @@ def _meta(check: str, side: str, fix: str) -> dict[str, str]:
     return {"check": check, "side": side, "fix": fix}
 
 
+def _check_name(expectation: gxe.Expectation) -> str:
+    """The name an expectation has in reports (its ``meta``)."""
+    return str((expectation.meta or {})["check"])
+
+
 def _file_expectations(fmt: str = "gta5", known_defects: bool = False) -> list[gxe.Expectation]:
     """Per-row expectations: presence, decodability, modes, label ids, sizes, uniqueness.
 
@@ -104,7 +100,7 @@ def _file_expectations(fmt: str = "gta5", known_defects: bool = False) -> list[g
     """
     spec = FORMATS[fmt]
     label_ids = "Cityscapes label ids" if spec.max_label_id == MAX_LABEL_ID else "SYNTHIA class ids"
-    checks = [
+    checks: list[gxe.Expectation] = [
         gxe.ExpectColumnValuesToNotBeNull(
             column="image", meta=_meta("image present", "image", FIX_REGENERATE)
         ),
@@ -146,8 +142,8 @@ def _file_expectations(fmt: str = "gta5", known_defects: bool = False) -> list[g
         gxe.ExpectColumnValuesToBeUnique(column="image", meta=_meta("unique image paths", "image", FIX_ROOT)),
     ]
     for check in checks:
-        if known_defects and check.meta["check"] in spec.warn_only:
-            check.severity = "warning"
+        if known_defects and _check_name(check) in spec.warn_only:
+            check.severity = FailureSeverity.WARNING
     return checks
 
 
@@ -243,13 +239,19 @@ class DatasetResult:
         """Whether every check passed (warnings do not count against it)."""
         return not any(c.fatal for c in self.checks)
 
+    def row(self, index: int) -> pd.Series:
+        """The manifest row at ``index`` (a label of the manifest's index, as checks report them)."""
+        row = self.manifest.loc[index]
+        assert isinstance(row, pd.Series), f"manifest index {index} is not unique"
+        return row
+
     def _files(self, warnings: bool) -> list[tuple[str, str, str]]:
         found: dict[tuple[str, str], str] = {}
         for check in self.checks:
             if check.warning != warnings:
                 continue
             for index in check.rows:
-                row = self.manifest.loc[index]
+                row = self.row(index)
                 outcome = check.fix if not warnings else _warning_outcome(row)
                 found.setdefault((blamed_file(row, check.side), describe_problem(row, check)), outcome)
         return [(file, problem, fix) for (file, problem), fix in found.items()]
@@ -272,7 +274,7 @@ class DatasetResult:
         for check in self.checks:
             if check.warning:
                 for index in check.rows:
-                    notes.setdefault(index, []).append(describe_problem(self.manifest.loc[index], check))
+                    notes.setdefault(index, []).append(describe_problem(self.row(index), check))
         incomplete = set(self.manifest.index[(self.manifest["image"] == "") | (self.manifest["label"] == "")])
         rows = self.manifest.drop(index=sorted(bad | incomplete)).copy()
         if "warning" in rows.columns:
@@ -387,122 +389,10 @@ def validate_dataset(
         The per-check outcome, in suite order.
     """
     suite = build_suite(f"{name}-{fmt}", expected, fmt, known_defects)
-    order = [e.meta["check"] for e in suite.expectations]
+    order = [_check_name(e) for e in suite.expectations]
     outcome = run_suite(manifest, suite)
     checks = sorted((_check_result(r) for r in outcome.results), key=lambda c: order.index(c.check))
     return DatasetResult(name, fmt, str(root), manifest, dict(expected), checks)
-
-
-def summarize(results: list[DatasetResult]) -> dict[str, Any]:
-    """The metrics JSON: per dataset rows per split, failures per check, and overall success."""
-    summary: dict[str, Any] = {"success": all(r.success for r in results)}
-    for r in results:
-        summary[r.name] = {
-            "success": r.success,
-            "rows": len(r.manifest),
-            "rows_per_split": {
-                str(k): int(v) for k, v in r.manifest["split"].value_counts().sort_index().items()
-            },
-            "expected_rows_per_split": r.expected,
-            "bad_files": len(r.bad_files()),
-            "warning_files": len(r.warning_files()),
-            "manifest_rows": len(r.passed_rows()) if r.success else 0,
-            "failures": {c.check: 0 if c.warning else c.failures for c in r.checks},
-            "warnings": {c.check: c.failures for c in r.checks if c.warning},
-        }
-    return summary
-
-
-def _md_cell(text: str) -> str:
-    """Escape a table cell for Markdown."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _report_dataset(r: DatasetResult) -> list[str]:
-    """Markdown section of one dataset: its checks, then its bad files."""
-    counts = (
-        ", ".join(f"{k}: {v}" for k, v in r.manifest["split"].value_counts().sort_index().items()) or "none"
-    )
-    lines = [
-        f"## {r.name} ({r.fmt}, `{r.root}`): {'PASS' if r.success else 'FAIL'}",
-        "",
-        f"Rows per split: {counts} (expected: {', '.join(f'{k}: {v}' for k, v in r.expected.items())}).",
-        "",
-        "| expectation | result | failures | detail | how to fix |",
-        "|---|---|---|---|---|",
-    ]
-    for c in r.checks:
-        fix = (
-            ""
-            if c.success
-            else ("known defect of the official data: see the warnings" if c.warning else c.fix)
-        )
-        status = "pass" if c.success else ("warning" if c.warning else "**FAIL**")
-        lines.append(
-            f"| {_md_cell(c.check)} | {status} | {c.failures} | {_md_cell(c.detail)} | {_md_cell(fix)} |"
-        )
-    bad = r.bad_files()
-    if bad:
-        lines += ["", f"### Bad files ({len(bad)})", "", "| file | problem | how to fix |", "|---|---|---|"]
-        lines += [
-            f"| `{_md_cell(f)}` | {_md_cell(p)} | {_md_cell(x)} |" for f, p, x in bad[:MAX_REPORTED_FILES]
-        ]
-        if len(bad) > MAX_REPORTED_FILES:
-            lines.append(f"\n... and {len(bad) - MAX_REPORTED_FILES} more.")
-    warned = r.warning_files()
-    if warned:
-        lines += [
-            "",
-            f"### Warnings: known defects of the official {FORMATS[r.fmt].title} data "
-            f"({len(warned)} file{'s' if len(warned) != 1 else ''})",
-            "",
-            "Not fatal. Each file is listed with what the pipeline does with it.",
-            "",
-            "| file | problem | outcome |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| `{_md_cell(f)}` | {_md_cell(p)} | {_md_cell(x)} |" for f, p, x in warned[:MAX_REPORTED_FILES]
-        ]
-        if len(warned) > MAX_REPORTED_FILES:
-            lines.append(f"\n... and {len(warned) - MAX_REPORTED_FILES} more.")
-    return lines + [""]
-
-
-def render_report(results: list[DatasetResult], manifests_dir: str | Path) -> str:
-    """The human-readable validation report (Markdown)."""
-    ok = all(r.success for r in results)
-    verdict = (
-        f"PASS: manifests written to `{manifests_dir}`."
-        if ok
-        else f"FAIL: no manifest written to `{manifests_dir}`; fix the problems below, then `dvc repro`."
-    )
-    lines = ["# Dataset validation", "", verdict, ""]
-    for r in results:
-        lines += _report_dataset(r)
-    return "\n".join(lines)
-
-
-def write_manifests(results: list[DatasetResult], manifests_dir: str | Path) -> None:
-    """Write ``<name>.csv`` for every dataset, each atomically; rendered first so no write is half done."""
-    texts = {r.name: r.passed_rows().to_csv(index=False) for r in results}
-    for name, text in texts.items():
-        write_text(Path(manifests_dir) / f"{name}.csv", text)
-
-
-def failure_message(results: list[DatasetResult], report: Path, limit: int = 20) -> str:
-    """One log line naming the first ``limit`` bad files, table-level failures, and the report."""
-    bad = [f"{r.name}: {f} ({p})" for r in results for f, p, _ in r.bad_files()]
-    tables = [
-        f"{r.name}: {c.check} ({c.detail})"
-        for r in results
-        for c in r.checks
-        if c.side == "table" and c.fatal
-    ]
-    more = f" ... and {len(bad) - limit} more" if len(bad) > limit else ""
-    parts = [f"{len(bad)} bad files: " + "; ".join(bad[:limit]) + more] if bad else []
-    parts += tables
-    return "dataset validation failed: " + " | ".join(parts) + f". See {report}"
 
 
 def validate_data(data: DataConfig, workers: int = 2) -> list[DatasetResult]:
@@ -516,7 +406,7 @@ def validate_data(data: DataConfig, workers: int = 2) -> list[DatasetResult]:
         One result per domain ("source", "target").
     """
     results = []
-    for name in DATASETS:
+    for name in DOMAINS:
         domain: DomainConfig = getattr(data, name)
         manifest = build_manifest(domain.format, Path(domain.root), workers)
         expected = expected_counts(data, name)
@@ -525,32 +415,16 @@ def validate_data(data: DataConfig, workers: int = 2) -> list[DatasetResult]:
     return results
 
 
-def validated_lineage(results: list[DatasetResult], params: Params) -> dict[str, Any]:
-    """The run's lineage, its data version over the rows the manifests keep (those training uses)."""
-    try:
-        version = data_version({r.name: r.passed_rows() for r in results})
-    except ValueError as err:  # a kept row without a hash: say so rather than stop the report
-        log.warning("data_version unknown: %s", err)
-        version = UNKNOWN
-    return lineage(params, data_version=version)
+def validated_data_version(results: list[DatasetResult]) -> str:
+    """The data version of the rows the manifests keep (those training uses); ``unknown`` if not known.
 
-
-def write_outputs(
-    results: list[DatasetResult], manifests_dir: str | Path, params: Params | None = None
-) -> bool:
-    """Write report and metrics always, the manifests only if every dataset passed; return success.
-
-    With ``params``, the metrics carry the run's lineage (the stage always passes them).
+    A kept row without a content hash makes it ``unknown`` with a warning, rather than stop the report.
     """
-    ok = all(r.success for r in results)
-    if ok:
-        write_manifests(results, manifests_dir)
-    write_text(REPORT_PATH, render_report(results, manifests_dir))
-    summary = summarize(results)
-    write_json(
-        METRICS_PATH, summary if params is None else with_lineage(summary, validated_lineage(results, params))
-    )
-    return ok
+    try:
+        return data_version({r.name: r.passed_rows() for r in results})
+    except ValueError as err:
+        log.warning("data_version unknown: %s", err)
+        return UNKNOWN
 
 
 def quiet_great_expectations() -> None:
@@ -561,32 +435,3 @@ def quiet_great_expectations() -> None:
     for name in ["great_expectations", *logging.root.manager.loggerDict]:
         if name.startswith("great_expectations"):
             logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def main() -> int:
-    """Run the stage; exit code 1 when the data (or the params pointing at it) is not valid."""
-    setup_logging()
-    quiet_great_expectations()
-    start = time.perf_counter()
-    try:
-        params = load_params()
-        results = validate_data(params.data, workers=min(8, os.cpu_count() or 1))
-    except (ConfigError, FileNotFoundError) as err:
-        log.error("validate: %s", err)
-        return 1
-    if not write_outputs(results, params.data.manifests, params):
-        log.error("%s", failure_message(results, REPORT_PATH))
-        return 1
-    rows = ", ".join(f"{r.name} {len(r.manifest)}" for r in results)
-    log.info(
-        "validation passed (%s rows) in %.1f s; manifests in %s, report %s",
-        rows,
-        time.perf_counter() - start,
-        params.data.manifests,
-        REPORT_PATH,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from dacs_uda.data.datasets import DOMAINS, manifest_path
+from dacs_uda.config import DOMAINS, Params
+from dacs_uda.data.datasets import manifest_path
+from dacs_uda.lineage import UNKNOWN
 
 log = logging.getLogger(__name__)
 
 VERSION_CHARS = 16
-UNKNOWN = "unknown"
 # Column prefix of the raw files' hashes: validated manifests name the raw file `image`, prepared
 # ones `raw_image` (their `image` is the resized copy).
 VALIDATED_PREFIX = ""
@@ -65,7 +66,7 @@ def data_version(manifests: Mapping[str, pd.DataFrame], prefix: str = VALIDATED_
     return digest.hexdigest()[:VERSION_CHARS]
 
 
-def prepared_data_version(params) -> str:
+def prepared_data_version(params: Params) -> str:
     """The data version of the prepared manifests a training/evaluation run reads.
 
     ``unknown`` (with a warning) when they are missing or predate the hash columns: lineage must not

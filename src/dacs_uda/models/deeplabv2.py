@@ -111,6 +111,7 @@ class DeepLabV2(nn.Module):
                 m.weight.requires_grad_(not freeze_bn_affine)
                 m.bias.requires_grad_(not freeze_bn_affine)
         for branch in self.classifier.branches:
+            assert isinstance(branch, nn.Conv2d)
             nn.init.normal_(branch.weight, 0.0, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +140,7 @@ class FullResolution(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample_logits(self.model(x), x.shape[-2:])
+        return upsample_logits(self.model(x), (x.shape[-2], x.shape[-1]))
 
 
 def build_model(cfg: ModelConfig, *, init_weights: bool = True) -> DeepLabV2:

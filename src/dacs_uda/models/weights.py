@@ -15,7 +15,7 @@ classifier made for another class count is skipped and keeps its N(0, 0.01) init
 backbone does not fit the model (wrong ``width``/``depths``) is an error rather than a silent random model.
 
 Input convention: this pipeline feeds BGR images minus the Caffe mean, *not* scaled (see
-``dacs_uda.data.transforms``), which is what the COCO weights expect. torchvision's ImageNet weights expect
+``dacs_uda.utils.image``), which is what the COCO weights expect. torchvision's ImageNet weights expect
 RGB in [0, 1] standardised by mean/std, so ``model.init: imagenet`` rewrites the stem conv for this input
 (channels reversed, divided by 255*std) and folds the remaining constant offset into ``bn1.running_mean``:
 the stem then computes what it computes in torchvision, up to the zero padding at the border.
@@ -33,7 +33,7 @@ import torchvision
 from torch import nn
 
 from dacs_uda.config import IMAGENET_DEPTHS, ModelConfig
-from dacs_uda.data.transforms import IMG_MEAN_BGR
+from dacs_uda.utils.image import IMG_MEAN_BGR
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def imagenet_weights_enum(depths: list[int]) -> torchvision.models.WeightsEnum:
     """torchvision's ImageNet weights (IMAGENET1K_V1) for a ResNet of these depths."""
-    name = IMAGENET_DEPTHS.get(tuple(depths))
+    name = IMAGENET_DEPTHS.get((depths[0], depths[1], depths[2], depths[3])) if len(depths) == 4 else None
     if name is None:
         raise ValueError(f"no torchvision ImageNet ResNet has depths {list(depths)}")
     return _WEIGHTS_ENUMS[name]

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int, deterministic: bool) -> torch.Generator:
-    """Seed python, numpy and torch, set the determinism flags and return a CPU generator.
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch and set the determinism flags.
 
-    The library draws all of its own randomness from explicit generators; the global seeds only
-    pin down third-party code (weight initialisation, for instance).
+    The library draws all of its own randomness from keyed generators (:mod:`dacs_uda.utils.rng`);
+    the global seeds only pin down third-party code (weight initialisation, for instance).
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -24,11 +24,3 @@ def seed_everything(seed: int, deterministic: bool) -> torch.Generator:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-    return make_generator(seed)
-
-
-def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A fresh generator seeded with ``seed``."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen

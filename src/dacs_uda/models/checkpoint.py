@@ -1,4 +1,8 @@
-"""Checkpoints carry everything needed to trace and resume a run: weights, config, lineage, RNG state."""
+"""Checkpoints carry everything needed to trace a model and rebuild it: weights, config, lineage.
+
+The randomness of a run needs no saved generator state: every draw is keyed by the seed and the step
+(:mod:`dacs_uda.utils.rng`), both of which are stored.
+"""
 
 from __future__ import annotations
 
@@ -10,36 +14,36 @@ import torch
 
 from dacs_uda.config import ModelConfig, Params
 from dacs_uda.models.deeplabv2 import DeepLabV2, build_model
-from dacs_uda.utils.io import save_torch
-from dacs_uda.utils.lineage import git_revision, lineage
+from dacs_uda.utils.io import atomic_path
 
-__all__ = ["git_revision", "lineage", "load_checkpoint", "load_model", "save_checkpoint"]
+# What a checkpoint written before these model fields existed was built with (a format fact of old
+# files, not a default: new checkpoints always record every field).
+LEGACY_MODEL_FIELDS = {"aspp_sum": "all", "init": "scratch", "weights": None}
 
 
 def save_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
     params: Params,
+    run_lineage: dict[str, Any],
     *,
     step: int,
     ema_model: torch.nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    generator: torch.Generator | None = None,
 ) -> None:
-    """Write a checkpoint atomically."""
-    save_torch(
-        path,
-        {
-            "model": model.state_dict(),
-            "ema_model": None if ema_model is None else ema_model.state_dict(),
-            "optimizer": None if optimizer is None else optimizer.state_dict(),
-            "step": step,
-            "model_config": asdict(params.model),
-            "params": asdict(params),
-            "lineage": lineage(params),
-            "rng_state": None if generator is None else generator.get_state(),
-        },
-    )
+    """Write a checkpoint atomically (plain tensors and Python values only)."""
+    contents = {
+        "model": model.state_dict(),
+        "ema_model": None if ema_model is None else ema_model.state_dict(),
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "step": step,
+        "seed": params.seed,
+        "model_config": asdict(params.model),
+        "params": asdict(params),
+        "lineage": run_lineage,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(contents, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -59,6 +63,6 @@ def load_model(path: str | Path, which: str = "model") -> tuple[DeepLabV2, dict[
     """Rebuild the model stored in a checkpoint (``which``: 'model' or 'ema_model'), in eval mode."""
     ckpt = load_checkpoint(path)
     # Every tensor comes from the checkpoint: do not fetch model.init's ImageNet/COCO weights again.
-    model = build_model(ModelConfig(**ckpt["model_config"]), init_weights=False)
+    model = build_model(ModelConfig(**{**LEGACY_MODEL_FIELDS, **ckpt["model_config"]}), init_weights=False)
     model.load_state_dict(ckpt[which])
     return model.eval(), ckpt

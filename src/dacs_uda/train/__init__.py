@@ -1,0 +1,1 @@
+"""The one training loop (source pre-training, the target oracle and adaptation) and its checkpoints."""

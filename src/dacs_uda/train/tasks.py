@@ -1,0 +1,87 @@
+"""The training tasks: what each training stage trains, from which data, with which loss.
+
+Every random draw is keyed (:mod:`dacs_uda.utils.rng`): crops by the stream ``<section>/<domain>``,
+the adaptation step's masks and augmentation by ``adapt/step``, each sample by its step and its
+position in the global batch. Neither the loader's worker count nor a later split of the batch over
+processes changes a draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from dacs_uda.config import Params, TrainConfig
+from dacs_uda.dacs.ema import make_teacher
+from dacs_uda.dacs.losses import supervised_loss
+from dacs_uda.dacs.pseudo import Alignment
+from dacs_uda.dacs.step import Batch, dacs_loss, update_teacher
+from dacs_uda.data.datasets import class_prior, domain_batches
+from dacs_uda.models.checkpoint import load_checkpoint
+from dacs_uda.models.deeplabv2 import DeepLabV2, build_model
+from dacs_uda.optim import build_optimizer
+from dacs_uda.train.loop import Tensors, TrainTask
+from dacs_uda.utils.rng import step_random
+
+
+def supervised_task(params: Params, section: str, device: torch.device) -> TrainTask:
+    """Train a fresh model on the labelled crops of ``params.<section>.domain`` (pretrain, oracle)."""
+    cfg: TrainConfig = getattr(params, section)
+    model = build_model(params.model).to(device).train()
+    batches = domain_batches(params, section, cfg.domain, cfg.optim.batch_size)
+
+    def loss(step: int, batch: Tensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        value = supervised_loss(model, batch["image"], batch["label"])
+        return value, {"loss": value.detach()}
+
+    optimizer = build_optimizer(model, cfg.optim)
+    return TrainTask(f"train on {cfg.domain}", model, optimizer, cfg.optim, batches, loss)
+
+
+def initial_student(params: Params, device: torch.device) -> DeepLabV2:
+    """A fresh model, or the source-pretrained one (``adapt.init``)."""
+    model = build_model(params.model)
+    if params.adapt.init == "pretrained":
+        model.load_state_dict(load_checkpoint(params.pretrain.checkpoint)["model"])
+    return model.to(device).train()
+
+
+def make_alignment(params: Params, device: torch.device) -> Alignment | None:
+    """The ``dist_align`` prior: target labels (the paper's oracle ablation) or source labels (estimate)."""
+    if params.adapt.method != "dist_align":
+        return None
+    domain = "target" if params.adapt.da_prior == "target_labels" else "source"
+    return Alignment(prior=class_prior(params, domain).to(device))
+
+
+def paired_batches(params: Params, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless (labelled source crops, unlabelled target crops) batches of the adaptation stage."""
+    source = domain_batches(params, "adapt", "source", batch_size)
+    target = domain_batches(params, "adapt", "target", batch_size, with_labels=False)
+    for src, tgt in zip(source, target, strict=True):
+        yield {"source_image": src["image"], "source_label": src["label"], "target_image": tgt["image"]}
+
+
+def adaptation_task(params: Params, device: torch.device) -> TrainTask:
+    """``adapt.method`` (DACS or an ablation): student from ``adapt.init``, EMA teacher a copy of it."""
+    cfg = params.adapt
+    student = initial_student(params, device)
+    # official: the teacher's BN normalises with target-batch statistics (train mode); clean: eval mode.
+    teacher = make_teacher(student).train(cfg.fidelity == "official")
+    alignment = make_alignment(params, device)
+    indices = range(cfg.optim.batch_size)
+
+    def loss(step: int, batch: Tensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rng = step_random(params.seed, "adapt/step", step, indices)
+        crops = Batch(batch["source_image"], batch["source_label"], batch["target_image"])
+        return dacs_loss(student, teacher, crops, cfg, rng, alignment)
+
+    def after_step(step: int) -> None:
+        update_teacher(teacher, student, cfg, step)
+
+    optimizer = build_optimizer(student, cfg.optim)
+    batches = paired_batches(params, cfg.optim.batch_size)
+    return TrainTask(
+        f"adapt ({cfg.method})", student, optimizer, cfg.optim, batches, loss, after_step, teacher
+    )
