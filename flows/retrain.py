@@ -14,7 +14,6 @@ a promoted model must carry) and the atomic writer are the package's own (``dacs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from prefect import flow, task
 from prefect.context import FlowRunContext
 
 from dacs_uda.lineage import REQUIRED_FOR_PROMOTION, git_revision, missing_lineage
-from dacs_uda.utils.io import atomic_path, write_json
+from dacs_uda.utils.io import atomic_path, file_sha256, write_json
 from flows import common
 from flows.common import (
     context_section,
@@ -129,11 +128,6 @@ def decide(candidate: Mapping[str, Any], deployed: Mapping[str, Any] | None) -> 
     return False, f"refused: candidate mIoU {candidate['mIoU']:g} < deployed {deployed['mIoU']:g}"
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _promote(model: str, deployed_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """Copy ``model`` to ``deployed_dir/model.onnx`` and write ``deployed.json``, each atomically: readers
     (a serving process) see the old file or the new one, never a half-written one.
@@ -150,7 +144,7 @@ def _promote(model: str, deployed_dir: str, record: dict[str, Any]) -> dict[str,
         raise LineageIncomplete(f"{source}: lineage missing or unknown: {', '.join(missing)}")
     with atomic_path(target_dir / DEPLOYED_MODEL) as tmp:
         shutil.copyfile(source, tmp)
-    record = {**record, "model": DEPLOYED_MODEL, "sha256": _sha256(target_dir / DEPLOYED_MODEL)}
+    record = {**record, "model": DEPLOYED_MODEL, "sha256": file_sha256(target_dir / DEPLOYED_MODEL)}
     write_json(target_dir / DEPLOYED_RECORD, record)
     logger().info("promoted %s to %s (mIoU %s)", source, target_dir / DEPLOYED_MODEL, record.get("mIoU"))
     return record

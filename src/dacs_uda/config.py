@@ -100,7 +100,7 @@ class DataConfig:
     download: bool  # real pairs: download missing datasets (else only locate them)
     downloads: str  # where archives are downloaded to (resumable)
     checksums: str | None  # optional file of pinned archive checksums (`sha256sum` format)
-    num_workers: int  # loader processes; crops come from a seeded sampler, so results do not change
+    num_workers: int  # loader processes; every crop is drawn from a keyed stream, so results do not change
     embedded: EmbeddedConfig
 
     def __post_init__(self) -> None:

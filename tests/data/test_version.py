@@ -14,8 +14,9 @@ from PIL import Image
 from dacs_uda.config import Params
 from dacs_uda.data import prepare
 from dacs_uda.data.manifest import build_manifest
-from dacs_uda.data.version import PREPARED_PREFIX, data_version, file_sha256, prepared_data_version
+from dacs_uda.data.version import PREPARED_PREFIX, data_version, prepared_data_version
 from dacs_uda.lineage import UNKNOWN
+from dacs_uda.utils.io import file_sha256
 from tests.conftest import tiny_params
 from tests.data import fixtures
 

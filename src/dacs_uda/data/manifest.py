@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dacs_uda.data.formats import CITYSCAPES_LABEL_ID, FORMATS, SYNTHIA_ID, png_mode, read_label_ids
-from dacs_uda.data.version import file_sha256
+from dacs_uda.utils.io import file_sha256
 
 log = logging.getLogger(__name__)
 

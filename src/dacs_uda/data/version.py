@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import pandas as pd
 
@@ -33,12 +32,6 @@ VERSION_CHARS = 16
 # ones `raw_image` (their `image` is the resized copy).
 VALIDATED_PREFIX = ""
 PREPARED_PREFIX = "raw_"
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in chunks."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def data_version(manifests: Mapping[str, pd.DataFrame], prefix: str = VALIDATED_PREFIX) -> str:
