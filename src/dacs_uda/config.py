@@ -44,6 +44,7 @@ ASPP_SUMS = ("all", "first_two")
 # ResNet depths that torchvision publishes ImageNet weights for (model.init: imagenet needs width 64).
 IMAGENET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
 EVAL_PROTOCOLS = ("official", "full")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -204,6 +205,29 @@ class OptimConfig:
 
 
 @dataclass
+class LoopConfig:
+    """How the training loop runs (every training stage): precision, memory format, resume checkpoints."""
+
+    # fp32 | bf16 | fp16: autocast of the student's and the teacher's forward passes (fp16 adds a grad
+    # scaler); the weights and the optimiser stay in float32.
+    precision: str
+    channels_last: bool  # NHWC memory format for models and images (tensor-core GPUs)
+    compile: bool  # torch.compile the student and the teacher
+    checkpoint_every: int  # steps between resume checkpoints (0: only the final state)
+    resume_dir: str  # one resume checkpoint per training stage; a rerun continues from it
+
+    def __post_init__(self) -> None:
+        _check(
+            self.precision in PRECISIONS,
+            "train.precision",
+            f"must be one of {PRECISIONS}, got {self.precision!r}",
+        )
+        _check(
+            self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: no periodic checkpoint)"
+        )
+
+
+@dataclass
 class TrainConfig:
     """Supervised training on one domain: source pre-training, or the target oracle."""
 
@@ -333,6 +357,7 @@ class Params:
     deterministic: bool
     data: DataConfig
     model: ModelConfig
+    train: LoopConfig
     pretrain: TrainConfig
     oracle: TrainConfig
     adapt: AdaptConfig

@@ -98,6 +98,14 @@ class Alignment:
     prior: Tensor
     running: Tensor | None = None
 
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """The running mean (the prior is recomputed from the data), for a resumed run."""
+        return {"running": self.running}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        running = state["running"]
+        self.running = None if running is None else running.to(self.prior.device)
+
 
 def align_distribution(probs: Tensor, prior: Tensor, running_mean: Tensor, eps: float = 1e-6) -> Tensor:
     """Distribution alignment of per-pixel class probabilities.

@@ -198,11 +198,15 @@ def infinite_loader(
     sampler_key: tuple[int, str],
     num_workers: int = 0,
     with_labels: bool = True,
+    start_step: int = 0,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches of random crops; ``sampler_key`` is the (seed, stream) of :class:`KeyedCropSampler`."""
+    """Endless batches of random crops from ``start_step`` on; ``sampler_key`` is the (seed, stream) of
+    :class:`KeyedCropSampler`."""
     dataset = SegmentationDataset(manifest, size, crop, with_labels)
     seed, stream = sampler_key
-    sampler = KeyedCropSampler(len(dataset), size, crop, seed=seed, stream=stream, batch_size=batch_size)
+    sampler = KeyedCropSampler(
+        len(dataset), size, crop, seed=seed, stream=stream, batch_size=batch_size, start_step=start_step
+    )
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -215,14 +219,17 @@ def infinite_loader(
 
 
 def domain_batches(
-    params: Params, section: str, domain: str, batch_size: int, with_labels: bool = True
+    params: Params, section: str, domain: str, batch_size: int, with_labels: bool = True, start_step: int = 0
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless training crops of ``domain`` for the stage ``section``, in the stream ``section/domain``."""
+    """Endless training crops of ``domain`` for the stage ``section`` from ``start_step`` on, in the
+    stream ``section/domain``."""
     rows = read_manifest(manifest_path(params, domain), split="train")
     size = as_size(getattr(params.data, domain).resize)
     crop = as_size(params.data.crop)
     key = (params.seed, f"{section}/{domain}")
-    return infinite_loader(rows, size, crop, batch_size, key, params.data.num_workers, with_labels)
+    return infinite_loader(
+        rows, size, crop, batch_size, key, params.data.num_workers, with_labels, start_step
+    )
 
 
 def class_prior(params: Params, domain: str) -> torch.Tensor:

@@ -46,17 +46,30 @@ def save_checkpoint(
         torch.save(contents, tmp)
 
 
+def read_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU, read as plain tensors and Python values only.
+
+    ``weights_only=True``: a file that carries anything else (code, arbitrary objects) is refused
+    before any of it runs.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ValueError(
+            f"{path} is not a readable checkpoint of plain tensors ({str(err).splitlines()[0]}); "
+            "delete it and rerun `dvc repro`"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a checkpoint (a mapping); delete it and rerun `dvc repro`")
+    return state
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint on the CPU, with an error that says which stage makes it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `dvc repro` (the pretrain/adapt stages write it)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(
-            f"{path} is not a readable checkpoint ({err}); delete it and rerun `dvc repro`"
-        ) from err
+    return read_state(path)
 
 
 def load_model(path: str | Path, which: str = "model") -> tuple[DeepLabV2, dict[str, Any]]:

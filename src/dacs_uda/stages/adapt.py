@@ -3,7 +3,8 @@ unlabelled target crops.
 
 The student starts from the ``pretrain`` checkpoint (``adapt.init: pretrained``) or from scratch; the
 EMA teacher starts as a copy of the student. Writes ``adapt.checkpoint`` (student and teacher),
-``adapt.curve`` and ``adapt.metrics``; the student is what gets evaluated and exported.
+``adapt.curve`` and ``adapt.metrics``, and the resume state ``<train.resume_dir>/adapt.pt``; the student
+is what gets evaluated and exported.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from dacs_uda.config import load_params
 from dacs_uda.data.version import prepared_data_version
 from dacs_uda.lineage import lineage
-from dacs_uda.train.loop import fit, write_outputs
+from dacs_uda.train.loop import train_stage
 from dacs_uda.train.tasks import adaptation_task
 from dacs_uda.utils.device import pick_device
 from dacs_uda.utils.logging import setup_logging
@@ -28,10 +29,8 @@ def main() -> int:
     seed_everything(params.seed, params.deterministic)
     device = pick_device()
     task = adaptation_task(params, device)
-    cfg = params.adapt
-    log.info("adapt: %s, %d steps, init %s, device %s", cfg.method, cfg.optim.iterations, cfg.init, device)
-    result = fit(task, device, cfg.log_every)
-    write_outputs(task, result, params, "adapt", lineage(params, prepared_data_version(params)))
+    log.info("adapt: %s, init %s, fidelity %s", params.adapt.method, params.adapt.init, params.adapt.fidelity)
+    train_stage(params, "adapt", task, device, lineage(params, prepared_data_version(params)))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``python -m dacs_uda.stages.pretrain`` trains on the source domain (the source-only baseline and
 DACS's starting point); ``--section oracle`` trains on *target* labels, the supervised upper bound that
-measures how large the domain gap is. Writes ``<section>.checkpoint``, ``.curve`` and ``.metrics``.
+measures how large the domain gap is. Writes ``<section>.checkpoint``, ``.curve`` and ``.metrics``, and
+the resume state ``<train.resume_dir>/<section>.pt`` (a rerun after a crash continues from it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from dacs_uda.config import load_params
 from dacs_uda.data.version import prepared_data_version
 from dacs_uda.lineage import lineage
-from dacs_uda.train.loop import fit, write_outputs
+from dacs_uda.train.loop import train_stage
 from dacs_uda.train.tasks import supervised_task
 from dacs_uda.utils.device import pick_device
 from dacs_uda.utils.logging import setup_logging
@@ -31,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(params.seed, params.deterministic)
     device = pick_device()
     task = supervised_task(params, args.section, device)
-    log.info("%s: %d steps, %s, device %s", args.section, task.optim.iterations, task.name, device)
-    result = fit(task, device, getattr(params, args.section).log_every)
-    write_outputs(task, result, params, args.section, lineage(params, prepared_data_version(params)))
+    train_stage(params, args.section, task, device, lineage(params, prepared_data_version(params)))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,6 +36,13 @@ class CurveLogger:
         self.rows.append(row)
         self._sums, self._count = {}, 0
         return row
+
+    def state_dict(self) -> dict[str, Any]:
+        """Rows and the open window, for a resumed run to continue the same curve."""
+        return {"rows": list(self.rows), "sums": dict(self._sums), "count": self._count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows, self._sums, self._count = list(state["rows"]), dict(state["sums"]), int(state["count"])
 
     def write(self, path: str | Path) -> None:
         """Write the rows as CSV, atomically."""

@@ -1,34 +1,49 @@
 """The training loop shared by every training stage (source pre-training, the oracle, adaptation).
 
-A stage hands in a :class:`TrainTask`: the model and its optimiser, endless batches, a ``loss``
-function that turns one step's batch into the loss to minimise and its statistics, and an optional
-``after_step`` hook (the EMA teacher's update). The loop owns, once, what every stage shares: the
-learning-rate schedule, the optimiser step, progress, the learning curve and the outputs (checkpoint,
-curve, metrics).
+A stage hands in a :class:`TrainTask`: the model and its optimiser, endless batches from any step on, a
+``loss`` function that turns one step's batch into the loss to minimise and its statistics, and an
+optional ``after_step`` hook (the EMA teacher's update). The loop owns, once, what every stage shares:
+the learning-rate schedule, precision (autocast and, for fp16, a grad scaler), the optimiser step,
+progress, the learning curve, resume checkpoints and the outputs (checkpoint, curve, metrics).
+
+Resume: every ``train.checkpoint_every`` steps, and at the end, the whole training state (model,
+teacher, optimiser, scaler, curve, extra state such as the distribution-alignment mean, step) goes
+atomically to ``<train.resume_dir>/<stage>.pt``. A rerun with the same params continues from it; as
+every random draw is keyed by seed and step (:mod:`dacs_uda.utils.rng`), the result is bit-identical
+to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
-from dacs_uda.config import OptimConfig, Params
-from dacs_uda.models.checkpoint import save_checkpoint
+from dacs_uda.config import LoopConfig, OptimConfig, Params, params_hash
+from dacs_uda.models.checkpoint import read_state, save_checkpoint
 from dacs_uda.optim import set_lr
 from dacs_uda.train.curve import CurveLogger
-from dacs_uda.utils.io import write_json
+from dacs_uda.utils.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, torch.Tensor]
 # step, batch on the device -> (loss to minimise, 0-dim statistics tensors for the curve)
 LossFn = Callable[[int, Tensors], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
 @dataclass
@@ -39,10 +54,11 @@ class TrainTask:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     optim: OptimConfig
-    batches: Iterator[Tensors]
+    batches: Callable[[int], Iterator[Tensors]]  # endless batches from the given step on
     loss: LossFn
     after_step: Callable[[int], None] | None = None
     teacher: torch.nn.Module | None = None  # saved with the model (adaptation's EMA teacher)
+    extra_state: Mapping[str, Stateful] = field(default_factory=dict)  # resumed with the rest
 
 
 @dataclass(frozen=True)
@@ -51,33 +67,120 @@ class TrainResult:
     seconds: float
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One gradient step on ``loss``: clear the gradients, back-propagate, update."""
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None
+) -> None:
+    """One gradient step on ``loss``: clear the gradients, back-propagate, update (scaled for fp16)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> Tensors:
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for the forward passes of ``precision`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def prepare_module(module: torch.nn.Module, loop: LoopConfig) -> torch.nn.Module:
+    """``module`` in the loop's memory format, compiled when asked (call it for student and teacher).
+
+    Returns the module to run; the module itself (whose state dict has plain keys) stays the one to save.
+    """
+    if loop.channels_last:
+        module.to(memory_format=torch.channels_last)
+    return torch.compile(module) if loop.compile else module  # type: ignore[return-value]
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> Tensors:
     """The batch's tensors on ``device`` (asynchronous from pinned memory); other entries dropped."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if channels_last:
+        out = {
+            k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in out.items()
+        }
+    return out
 
 
-def fit(task: TrainTask, device: torch.device, log_every: int) -> TrainResult:
-    """Run ``task.optim.iterations`` steps of ``task``; return the learning curve and the wall time."""
+def resume_path(params: Params, section: str) -> Path:
+    return Path(params.train.resume_dir) / f"{section}.pt"
+
+
+def _state(task: TrainTask, scaler: torch.amp.GradScaler, curve: CurveLogger, step: int, seconds: float,
+           run_id: str) -> dict[str, Any]:  # fmt: skip
+    return {
+        "run_id": run_id,
+        "step": step,
+        "seconds": seconds,
+        "model": task.model.state_dict(),
+        "teacher": None if task.teacher is None else task.teacher.state_dict(),
+        "optimizer": task.optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "curve": curve.state_dict(),
+        "extra": {name: obj.state_dict() for name, obj in task.extra_state.items()},
+    }
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def restore(
+    path: Path, run_id: str, task: TrainTask, scaler: torch.amp.GradScaler, curve: CurveLogger
+) -> tuple[int, float]:
+    """Load the resume state at ``path`` into ``task``; return (first step to run, seconds so far)."""
+    if not path.is_file():
+        return 0, 0.0
+    state = read_state(path)
+    if state.get("run_id") != run_id:
+        log.info("%s holds another configuration's state (params changed): starting from step 0", path)
+        return 0, 0.0
+    task.model.load_state_dict(state["model"])
+    if task.teacher is not None:
+        task.teacher.load_state_dict(state["teacher"])
+    task.optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    curve.load_state_dict(state["curve"])
+    for name, obj in task.extra_state.items():
+        obj.load_state_dict(state["extra"][name])
+    log.info("resuming from %s at step %d of %d", path, state["step"], task.optim.iterations)
+    return int(state["step"]), float(state["seconds"])
+
+
+def fit(
+    task: TrainTask, device: torch.device, log_every: int, loop: LoopConfig, resume: Path, run_id: str
+) -> TrainResult:
+    """Run ``task`` to ``task.optim.iterations`` steps, continuing from ``resume`` when it is this run's."""
+    scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
     curve = CurveLogger(log_every)
-    start = time.perf_counter()
-    progress = tqdm(range(task.optim.iterations), desc=task.name, unit="step", mininterval=5.0)
+    start, seconds = restore(resume, run_id, task, scaler, curve)
+    batches, clock = task.batches(start), time.perf_counter()
+    total = task.optim.iterations
+    progress = tqdm(
+        range(start, total), desc=task.name, unit="step", mininterval=5.0, initial=start, total=total
+    )
     for step in progress:
         lr = set_lr(task.optimizer, task.optim, step)
-        loss, stats = task.loss(step, to_device(next(task.batches), device))
-        optimizer_step(task.optimizer, loss)
+        with autocast(device, loop.precision):
+            loss, stats = task.loss(step, to_device(next(batches), device, loop.channels_last))
+        optimizer_step(task.optimizer, loss, scaler)
         if task.after_step is not None:
             task.after_step(step)
         row = curve.add(step, {**stats, "lr": lr})
         if row:
             progress.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "lr")})
-    return TrainResult(curve, time.perf_counter() - start)
+        done = step + 1
+        if done == total or (loop.checkpoint_every and done % loop.checkpoint_every == 0):
+            elapsed = seconds + time.perf_counter() - clock
+            save_state(resume, _state(task, scaler, curve, done, elapsed, run_id))
+    return TrainResult(curve, seconds + time.perf_counter() - clock)
 
 
 def write_outputs(
@@ -91,8 +194,8 @@ def write_outputs(
         params,
         run_lineage,
         step=task.optim.iterations,
-        optimizer=task.optimizer,
         ema_model=task.teacher,
+        optimizer=task.optimizer,
     )
     result.curve.write(cfg.curve)
     final = result.curve.rows[-1] if result.curve.rows else {}
@@ -103,3 +206,14 @@ def write_outputs(
     }
     write_json(cfg.metrics, metrics)
     log.info("%s: wrote %s (%.0f s)", section, cfg.checkpoint, result.seconds)
+
+
+def train_stage(
+    params: Params, section: str, task: TrainTask, device: torch.device, run_lineage: dict[str, Any]
+) -> None:
+    """Fit ``task`` (resuming when a state of this configuration exists) and write the stage's outputs."""
+    cfg = getattr(params, section)
+    log.info("%s: %d steps, %s, device %s, %s", section, task.optim.iterations, task.name, device,
+             params.train.precision)  # fmt: skip
+    result = fit(task, device, cfg.log_every, params.train, resume_path(params, section), params_hash(params))
+    write_outputs(task, result, params, section, run_lineage)

@@ -21,7 +21,7 @@ from dacs_uda.data.datasets import class_prior, domain_batches
 from dacs_uda.models.checkpoint import load_checkpoint
 from dacs_uda.models.deeplabv2 import DeepLabV2, build_model
 from dacs_uda.optim import build_optimizer
-from dacs_uda.train.loop import Tensors, TrainTask
+from dacs_uda.train.loop import Tensors, TrainTask, prepare_module
 from dacs_uda.utils.rng import step_random
 
 
@@ -29,10 +29,13 @@ def supervised_task(params: Params, section: str, device: torch.device) -> Train
     """Train a fresh model on the labelled crops of ``params.<section>.domain`` (pretrain, oracle)."""
     cfg: TrainConfig = getattr(params, section)
     model = build_model(params.model).to(device).train()
-    batches = domain_batches(params, section, cfg.domain, cfg.optim.batch_size)
+    run = prepare_module(model, params.train)
+
+    def batches(start: int) -> Iterator[Tensors]:
+        return domain_batches(params, section, cfg.domain, cfg.optim.batch_size, start_step=start)
 
     def loss(step: int, batch: Tensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        value = supervised_loss(model, batch["image"], batch["label"])
+        value = supervised_loss(run, batch["image"], batch["label"])
         return value, {"loss": value.detach()}
 
     optimizer = build_optimizer(model, cfg.optim)
@@ -55,10 +58,10 @@ def make_alignment(params: Params, device: torch.device) -> Alignment | None:
     return Alignment(prior=class_prior(params, domain).to(device))
 
 
-def paired_batches(params: Params, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def paired_batches(params: Params, batch_size: int, start: int = 0) -> Iterator[Tensors]:
     """Endless (labelled source crops, unlabelled target crops) batches of the adaptation stage."""
-    source = domain_batches(params, "adapt", "source", batch_size)
-    target = domain_batches(params, "adapt", "target", batch_size, with_labels=False)
+    source = domain_batches(params, "adapt", "source", batch_size, start_step=start)
+    target = domain_batches(params, "adapt", "target", batch_size, with_labels=False, start_step=start)
     for src, tgt in zip(source, target, strict=True):
         yield {"source_image": src["image"], "source_label": src["label"], "target_image": tgt["image"]}
 
@@ -67,21 +70,26 @@ def adaptation_task(params: Params, device: torch.device) -> TrainTask:
     """``adapt.method`` (DACS or an ablation): student from ``adapt.init``, EMA teacher a copy of it."""
     cfg = params.adapt
     student = initial_student(params, device)
+    student_run = prepare_module(student, params.train)
     # official: the teacher's BN normalises with target-batch statistics (train mode); clean: eval mode.
     teacher = make_teacher(student).train(cfg.fidelity == "official")
+    teacher_run = prepare_module(teacher, params.train)
     alignment = make_alignment(params, device)
     indices = range(cfg.optim.batch_size)
 
     def loss(step: int, batch: Tensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rng = step_random(params.seed, "adapt/step", step, indices)
         crops = Batch(batch["source_image"], batch["source_label"], batch["target_image"])
-        return dacs_loss(student, teacher, crops, cfg, rng, alignment)
+        return dacs_loss(student_run, teacher_run, crops, cfg, rng, alignment)
 
     def after_step(step: int) -> None:
         update_teacher(teacher, student, cfg, step)
 
+    def batches(start: int) -> Iterator[Tensors]:
+        return paired_batches(params, cfg.optim.batch_size, start)
+
     optimizer = build_optimizer(student, cfg.optim)
-    batches = paired_batches(params, cfg.optim.batch_size)
+    extra = {} if alignment is None else {"alignment": alignment}
     return TrainTask(
-        f"adapt ({cfg.method})", student, optimizer, cfg.optim, batches, loss, after_step, teacher
+        f"adapt ({cfg.method})", student, optimizer, cfg.optim, batches, loss, after_step, teacher, extra
     )
