@@ -1,10 +1,13 @@
 """The paper's analysis over DVC experiments: per-class IoU, mIoU and class conflation, mean ± std over seeds.
 
 Each DVC experiment (``dvc exp run -S adapt.method=... -S seed=...``) is a git commit under
-``refs/exps`` that holds its ``params.yaml``, ``metrics/eval.json`` and ``metrics/per_class_iou.csv``
-(both ``cache: false``). This module reads those commits, groups the runs by variant and writes
+``refs/exps`` that holds its ``params.yaml``, ``metrics/eval.json``, ``metrics/per_class_iou.csv`` and
+``metrics/confusion.csv`` (all ``cache: false``). This module reads those commits, groups the runs by
+variant and writes
 
-* ``variants.md``: one table of mIoU and classes never predicted, one of per-class IoU (mean ± std);
+* ``variants.md``: one table of mIoU, classes never predicted and the share of target sidewalk pixels
+  predicted as road (the paper's class conflation, as it shows on the embedded benchmark), one of
+  per-class IoU (mean ± std);
 * ``variants_iou.csv``: long format (variant, class, iou, std) for the ``grouped_bars`` DVC plot.
 
 Variants: ``source_only`` is the ``pretrain`` checkpoint, ``oracle`` the ``oracle`` checkpoint (both
@@ -48,6 +51,7 @@ VARIANT_ORDER = (
     "oracle",
 )
 CHECKPOINT_VARIANTS = {"source_only": "source_only", "oracle": "oracle"}  # eval.json model -> variant
+CONFLATED = ("sidewalk", "road")  # (actual, predicted): the conflation naive mixing causes here
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Result:
     miou: float
     iou: dict[str, float | None]
     never_predicted: int
+    conflated: float | None = None  # % of actual CONFLATED[0] pixels predicted as CONFLATED[1]
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,23 @@ class Summary:
     miou: tuple[float, float]
     iou: dict[str, tuple[float, float] | None]
     never_predicted: tuple[int, ...]
+    conflated: tuple[float | None, ...]
 
 
-def run_results(params: dict, eval_metrics: dict, per_class_csv: str) -> list[Result]:
-    """The results of one run, from its ``params.yaml``, ``eval.json`` and per-class CSV contents.
+def conflation(confusion_csv: str | None) -> dict[str, float]:
+    """Model -> share (%) of actual ``CONFLATED[0]`` pixels predicted as ``CONFLATED[1]`` (confusion.csv)."""
+    actual, predicted = CONFLATED
+    return {
+        row["model"]: float(row["share"])
+        for row in csv.DictReader(io.StringIO(confusion_csv or ""))
+        if row["actual"] == actual and row["predicted"] == predicted
+    }
+
+
+def run_results(
+    params: dict, eval_metrics: dict, per_class_csv: str, confusion_csv: str | None = None
+) -> list[Result]:
+    """The results of one run, from its ``params.yaml``, ``eval.json``, per-class and confusion CSVs.
 
     Only the models of ``eval.json`` count (dict values with an ``mIoU``): other entries, such as the
     ``lineage`` dict of metrics files written before the lineage moved to checkpoints and ONNX
@@ -85,6 +103,7 @@ def run_results(params: dict, eval_metrics: dict, per_class_csv: str) -> list[Re
     iou: dict[str, dict[str, float | None]] = {}
     for row in csv.DictReader(io.StringIO(per_class_csv)):
         iou.setdefault(row["model"], {})[row["class"]] = float(row["iou"]) if row["iou"] else None
+    shares = conflation(confusion_csv)
     return [
         Result(
             variants[model],
@@ -92,6 +111,7 @@ def run_results(params: dict, eval_metrics: dict, per_class_csv: str) -> list[Re
             float(values["mIoU"]),
             iou[model],
             int(values["never_predicted"]),
+            shares.get(model),
         )
         for model, values in eval_metrics.items()
         if isinstance(values, dict) and "mIoU" in values and model in variants
@@ -118,6 +138,7 @@ def summarize(results: Iterable[Result]) -> list[Summary]:
                 mean_std([r.miou for r in runs]),
                 per_class,
                 tuple(r.never_predicted for r in runs),
+                tuple(r.conflated for r in runs),
             )
         )
     return summaries
@@ -132,13 +153,16 @@ def _pm(value: tuple[float, float] | None, runs: int) -> str:
 
 def markdown(summaries: list[Summary]) -> str:
     """The two README tables: mIoU with conflation counts, then per-class IoU."""
+    actual, predicted = CONFLATED
     lines = [
-        "| variant | seeds | mIoU | classes never predicted (per seed) |",
-        "|---|---|---:|---|",
+        "| variant | seeds | mIoU | classes never predicted (per seed) "
+        f"| {actual} predicted as {predicted}, % (per seed) |",
+        "|---|---|---:|---|---|",
     ]
     for s in summaries:
         seeds, never = ", ".join(map(str, s.seeds)), " / ".join(map(str, s.never_predicted))
-        lines.append(f"| {s.variant} | {seeds} | {_pm(s.miou, len(s.seeds))} | {never} |")
+        shares = " / ".join("–" if v is None else f"{v:.0f}" for v in s.conflated)
+        lines.append(f"| {s.variant} | {seeds} | {_pm(s.miou, len(s.seeds))} | {never} | {shares} |")
     lines += ["", "| variant | " + " | ".join(CLASS_NAMES) + " |", "|---|" + "---:|" * len(CLASS_NAMES)]
     for s in summaries:
         cells = " | ".join(_pm(s.iou[name], len(s.seeds)) for name in CLASS_NAMES)
@@ -180,7 +204,11 @@ def revision_results(repo: str | Path, rev: str, params_file: str = "params.yaml
     except subprocess.CalledProcessError as err:
         log.warning("skipping %s: %s", rev, err.stderr.strip())
         return []
-    return run_results(params, metrics, per_class)
+    try:
+        confusion = _git(repo, "show", f"{rev}:{ev['confusion']}") if "confusion" in ev else None
+    except subprocess.CalledProcessError:  # a run from before the confusion matrix was recorded
+        confusion = None
+    return run_results(params, metrics, per_class, confusion)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,8 +45,20 @@ def params(method: str, seed: int) -> dict:
     return {
         "seed": seed,
         "adapt": {"method": method},
-        "evaluate": {"metrics": "metrics/eval.json", "per_class": "metrics/per_class_iou.csv"},
+        "evaluate": {
+            "metrics": "metrics/eval.json",
+            "per_class": "metrics/per_class_iou.csv",
+            "confusion": "metrics/confusion.csv",
+        },
     }
+
+
+def confusion_csv(sidewalk_as_road: dict[str, float]) -> str:
+    """The rows of confusion.csv that matter here, plus a distractor (road predicted as sidewalk)."""
+    rows = ["model,actual,predicted,share"]
+    for model, share in sidewalk_as_road.items():
+        rows += [f"{model},sidewalk,road,{share}", f"{model},road,sidewalk,99.0"]
+    return "\n".join(rows) + "\n"
 
 
 @pytest.mark.parametrize("extra", [{}, OLD_LINEAGE], ids=["numbers-only", "old-with-lineage"])
@@ -55,11 +67,12 @@ def test_run_results_maps_models_to_variants(extra: dict) -> None:
         params("source_only", 3),
         {**extra, **eval_json(source_only=10.0, dacs=12.5, oracle=30.0)},
         per_class_csv({"source_only": 1.0, "dacs": 2.0, "oracle": 3.0}),
+        confusion_csv({"source_only": 40.0, "dacs": 61.5}),
     )
-    assert [(r.variant, r.seed, r.miou, r.never_predicted) for r in results] == [
-        ("source_only", 3, 10.0, 2),
-        ("source_only_steps", 3, 12.5, 2),
-        ("oracle", 3, 30.0, 2),
+    assert [(r.variant, r.seed, r.miou, r.never_predicted, r.conflated) for r in results] == [
+        ("source_only", 3, 10.0, 2, 40.0),
+        ("source_only_steps", 3, 12.5, 2, 61.5),
+        ("oracle", 3, 30.0, 2, None),  # no row: unknown, not 0
     ]
     assert results[1].iou["road"] == 2.0 and results[1].iou["train"] is None
 
@@ -72,7 +85,7 @@ def test_mean_std_is_the_sample_std() -> None:
 
 def result(variant: str, seed: int, miou: float, never: int = 0, road: float | None = 50.0) -> Result:
     iou = {name: None for name in CLASS_NAMES} | {"road": road}
-    return Result(variant, seed, miou, iou, never)
+    return Result(variant, seed, miou, iou, never, conflated=10.0 * seed + 2.4)
 
 
 def test_summarize_orders_variants_dedupes_seeds_and_skips_absent_classes() -> None:
@@ -96,11 +109,11 @@ def test_summarize_orders_variants_dedupes_seeds_and_skips_absent_classes() -> N
 def test_markdown_tables() -> None:
     text = markdown(summarize([result("dacs", 0, 10.0, 5), result("dacs", 1, 20.0, 3)]))
     lines = text.splitlines()
-    assert lines[2] == "| dacs | 0, 1 | 15.0 ± 7.1 | 5 / 3 |"
+    assert lines[2] == "| dacs | 0, 1 | 15.0 ± 7.1 | 5 / 3 | 2 / 12 |"
     assert lines[4].startswith("| variant | road | sidewalk |")
     assert lines[6].startswith("| dacs | 50.0 ± 0.0 | – |")
     single = markdown(summarize([result("cutmix", 2, 12.34, 1)])).splitlines()
-    assert single[2] == "| cutmix | 2 | 12.3 | 1 |"  # one run: no std
+    assert single[2] == "| cutmix | 2 | 12.3 | 1 | 22 |"  # one run: no std
 
 
 def git(repo: Path, *args: str) -> str:
@@ -116,6 +129,8 @@ def commit_run(repo: Path, method: str, seed: int, dacs: float, extra: dict | No
     (repo / "metrics" / "per_class_iou.csv").write_text(
         per_class_csv({"source_only": 1, "dacs": dacs, "oracle": 3})
     )
+    if extra is None:  # the older (lineage-carrying) run also predates the confusion matrix
+        (repo / "metrics" / "confusion.csv").write_text(confusion_csv({"dacs": dacs * 2}))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", f"{method} {seed}")
     return git(repo, "rev-parse", "HEAD")
@@ -146,7 +161,9 @@ def test_reads_head_and_experiment_refs(exp_repo: Path, tmp_path: Path) -> None:
     rows = list(csv.DictReader((out / "variants_iou.csv").open()))
     classmix_road = next(r for r in rows if r["variant"] == "classmix" and r["class"] == "road")
     assert (classmix_road["iou"], classmix_road["std"]) == ("12.0", "1.41")
-    assert "| classmix | 0, 1 | 12.0 ± 1.4 | 2 / 2 |" in (out / "variants.md").read_text()
+    table = (out / "variants.md").read_text()
+    assert "| classmix | 0, 1 | 12.0 ± 1.4 | 2 / 2 | 22 / 26 |" in table
+    assert "| dacs | 0 | 20.0 | 2 | – |" in table
 
 
 def test_commit_without_evaluation_is_skipped_and_no_runs_is_an_error(tmp_path: Path) -> None:
