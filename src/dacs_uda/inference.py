@@ -80,7 +80,7 @@ class OnnxSegmenter:
         missing = {"class_names", "palette", "normalisation"} - meta.keys()
         if missing:
             raise ValueError(
-                f"{model_path} lacks metadata {sorted(missing)}: export it with `python -m dacs_uda.export`"
+                f"{model_path} lacks metadata {sorted(missing)}: export it with `dvc repro export`"
             )
         self.metadata: dict[str, str] = dict(meta)
         self.class_names: list[str] = json.loads(meta["class_names"])

@@ -147,7 +147,7 @@ def build_model(cfg: ModelConfig, *, init_weights: bool = True) -> DeepLabV2:
     """The model named by ``params.yaml``'s ``model`` section, initialised as ``model.init`` says.
 
     ``init_weights=False`` skips loading ``model.init``'s weights (ImageNet / file): for callers that
-    overwrite every tensor anyway, such as :func:`dacs_uda.utils.checkpoint.load_model`.
+    overwrite every tensor anyway, such as :func:`dacs_uda.models.checkpoint.load_model`.
     """
     model = DeepLabV2(cfg)
     if init_weights and cfg.init != "scratch":
