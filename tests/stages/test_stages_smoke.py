@@ -150,7 +150,9 @@ def _adapt_weights(num_workers: int) -> dict[str, torch.Tensor]:
     params.data.num_workers = num_workers
     seed_everything(params.seed, params.deterministic)
     task = adaptation_task(params, torch.device("cpu"))
-    fit(task, torch.device("cpu"), params.adapt.log_every)
+    state = Path(f"workers-{num_workers}.pt")  # a fresh state: train from step 0, not the stage's
+    state.unlink(missing_ok=True)
+    fit(task, torch.device("cpu"), params.adapt.log_every, params.train, state, params_hash(params))
     return task.model.state_dict()
 
 
