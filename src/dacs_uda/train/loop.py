@@ -112,8 +112,10 @@ def resume_path(params: Params, section: str) -> Path:
     return Path(params.train.resume_dir) / f"{section}.pt"
 
 
-def _state(task: TrainTask, scaler: torch.amp.GradScaler, curve: CurveLogger, step: int, seconds: float,
-           run_id: str) -> dict[str, Any]:  # fmt: skip
+def _state(
+    task: TrainTask, scaler: torch.amp.GradScaler, curve: CurveLogger, step: int, seconds: float, run_id: str
+) -> dict[str, Any]:
+    """Everything a rerun needs to continue at ``step`` as if it had never stopped."""
     return {
         "run_id": run_id,
         "step": step,
