@@ -42,8 +42,13 @@ def save_checkpoint(
         "params": asdict(params),
         "lineage": run_lineage,
     }
+    write_state(path, contents)
+
+
+def write_state(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` atomically: a crash never leaves a half-written file under ``path``."""
     with atomic_path(path) as tmp:
-        torch.save(contents, tmp)
+        torch.save(state, tmp)
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

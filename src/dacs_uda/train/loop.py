@@ -27,10 +27,10 @@ import torch
 from tqdm import tqdm
 
 from dacs_uda.config import LoopConfig, OptimConfig, Params, params_hash
-from dacs_uda.models.checkpoint import read_state, save_checkpoint
+from dacs_uda.models.checkpoint import read_state, save_checkpoint, write_state
 from dacs_uda.optim import set_lr
 from dacs_uda.train.curve import CurveLogger
-from dacs_uda.utils.io import atomic_path, write_json
+from dacs_uda.utils.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,6 @@ def _state(
     }
 
 
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def restore(
     path: Path, run_id: str, task: TrainTask, scaler: torch.amp.GradScaler, curve: CurveLogger
 ) -> tuple[int, float]:
@@ -181,7 +176,7 @@ def fit(
         done = step + 1
         if done == total or (loop.checkpoint_every and done % loop.checkpoint_every == 0):
             elapsed = seconds + time.perf_counter() - clock
-            save_state(resume, _state(task, scaler, curve, done, elapsed, run_id))
+            write_state(resume, _state(task, scaler, curve, done, elapsed, run_id))
     return TrainResult(curve, seconds + time.perf_counter() - clock)
 
 
