@@ -40,6 +40,7 @@ FIDELITY = ("clean", "official")
 DA_PRIORS = ("target_labels", "source_labels")
 ARCHS = ("deeplabv2",)
 MODEL_INITS = ("scratch", "imagenet", "file")
+ADAPT_INITS = ("pretrained", "model")
 ASPP_SUMS = ("all", "first_two")
 # ResNet depths that torchvision publishes ImageNet weights for (model.init: imagenet needs width 64).
 IMAGENET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
@@ -249,7 +250,9 @@ class AdaptConfig:
     """DACS adaptation (paper constants as defaults)."""
 
     method: str
-    init: str  # start from the pretrain checkpoint, or from scratch
+    # pretrained: the pretrain stage's checkpoint; model: a fresh model as `model.init` builds it (scratch,
+    # ImageNet, or the COCO DeepLab file, which is where the official code starts DACS).
+    init: str
     # official: ignore label pickable by the class mask, teacher BN in train mode (target-batch
     # statistics, parameters-only EMA), one jitter/blur decision per batch; clean fixes all three.
     fidelity: str
@@ -271,7 +274,7 @@ class AdaptConfig:
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "adapt.method", f"must be one of {METHODS}, got {self.method!r}")
-        _check(self.init in ("pretrained", "scratch"), "adapt.init", "must be 'pretrained' or 'scratch'")
+        _check(self.init in ADAPT_INITS, "adapt.init", f"must be one of {ADAPT_INITS}, got {self.init!r}")
         _check(
             self.fidelity in FIDELITY, "adapt.fidelity", f"must be one of {FIDELITY}, got {self.fidelity!r}"
         )

@@ -1,7 +1,8 @@
 """Stage ``adapt``: DACS (or one of the paper's ablations, ``adapt.method``) on labelled source and
 unlabelled target crops.
 
-The student starts from the ``pretrain`` checkpoint (``adapt.init: pretrained``) or from scratch; the
+The student starts from the ``pretrain`` checkpoint (``adapt.init: pretrained``) or from ``model.init``
+(``adapt.init: model``: scratch, ImageNet, or the COCO DeepLab file as in the official code); the
 EMA teacher starts as a copy of the student. Writes ``adapt.checkpoint`` (student and teacher),
 ``adapt.curve`` and ``adapt.metrics``, and the resume state ``<train.resume_dir>/adapt.pt``; the student
 is what gets evaluated and exported.

@@ -43,7 +43,7 @@ def supervised_task(params: Params, section: str, device: torch.device) -> Train
 
 
 def initial_student(params: Params, device: torch.device) -> DeepLabV2:
-    """A fresh model, or the source-pretrained one (``adapt.init``)."""
+    """The source-pretrained model (``adapt.init: pretrained``) or one built as ``model.init`` says."""
     model = build_model(params.model)
     if params.adapt.init == "pretrained":
         model.load_state_dict(load_checkpoint(params.pretrain.checkpoint)["model"])
