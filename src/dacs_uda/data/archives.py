@@ -1,10 +1,12 @@
-"""Extract dataset archives into a dataset root: safe member names, and atomic for the whole dataset.
+"""Extract dataset archives into a dataset root: safe members, enough disk, atomic for the whole dataset.
 
-* **Safe**: every member name is checked *before* anything is written: absolute paths, ``..``
-  components, drive letters and symbolic links are refused (the whole archive is rejected), and every
-  target is checked to lie inside the extraction folder. Zip archives are read by Python; RAR archives
-  (SYNTHIA) need ``bsdtar``, ``unrar`` or ``7z`` on the PATH, and their member list is checked before
-  the tool runs and the extracted tree again after it.
+* **Safe**: every member is listed with its type *before* anything is written: absolute paths, ``..``
+  components, drive letters, symbolic and hard links, devices, pipes and sockets are refused (the whole
+  archive is rejected), and every target is checked to lie inside the extraction folder. Zip archives
+  are read by Python; RAR (SYNTHIA) and 7z archives need ``bsdtar`` (Debian's ``libarchive-tools``) or
+  7-Zip (``7zz``/``7z``) on the PATH: the tool's typed listing is checked before it extracts anything,
+  and the extracted tree again after it.
+* **Enough disk**: the unpacked size of the listed members is compared with the free space first.
 * **Atomic**: :func:`extract_dataset` extracts into ``.<root>.partial`` beside the dataset root, one
   archive at a time (a marker records each finished one, so a rerun resumes); the folder is renamed
   to the root only when every archive is in and the official layout is complete
@@ -21,6 +23,7 @@ import stat
 import subprocess
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dacs_uda.data.manifest import missing_layout
@@ -31,7 +34,24 @@ from dacs_uda.utils.io import write_text
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
-RAR_TOOLS = ("bsdtar", "unrar", "7z", "7zz")
+# External extractors, in order of preference: bsdtar reads RAR and 7z; Debian's 7-Zip reads 7z only.
+ARCHIVE_TOOLS = ("bsdtar", "7zz", "7z")
+TOOL_SUFFIXES = (".rar", ".7z")
+FILE, FOLDER = "file", "folder"
+# The first character of an ls-style mode string, as bsdtar and 7-Zip list members.
+MODE_KINDS = {
+    "-": FILE,
+    "d": FOLDER,
+    "l": "symbolic link",
+    "h": "hard link",
+    "c": "character device",
+    "b": "block device",
+    "p": "named pipe",
+    "s": "socket",
+}
+HARD_LINK = MODE_KINDS["h"]
+# Fixed month names and UTF-8 member names in the tools' listings, whatever the user's locale.
+TOOL_ENV = {"LC_ALL": "C.UTF-8"}
 
 
 class ArchiveError(RuntimeError):
@@ -61,6 +81,15 @@ def member_target(name: str, strip: str = "", into: str = "") -> str:
     return "/".join(parts)
 
 
+@dataclass(frozen=True)
+class Member:
+    """An archive member as its listing shows it."""
+
+    name: str
+    kind: str  # FILE, FOLDER, or one of the refused kinds of MODE_KINDS
+    size: int  # unpacked bytes (0 for anything but a file)
+
+
 def _inside(folder: Path, relative: str) -> Path:
     target = (folder / relative).resolve()
     if os.path.commonpath([target, folder.resolve()]) != str(folder.resolve()):
@@ -68,18 +97,21 @@ def _inside(folder: Path, relative: str) -> Path:
     return target
 
 
-def _is_zip_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    mode = info.external_attr >> 16  # Unix mode bits, when the archive was made on Unix
+    if stat.S_IFMT(mode):
+        return MODE_KINDS.get(stat.filemode(mode)[0], "special file")
+    return FOLDER if info.is_dir() else FILE
 
 
-def _plan(names: list[tuple[str, bool]], archive: Path, strip: str, into: str) -> list[tuple[int, str]]:
+def _plan(members: Sequence[Member], archive: Path, strip: str, into: str) -> list[tuple[int, str]]:
     """(index, target) of every member to write; raise listing every unsafe member first."""
     plan, problems = [], []
-    for index, (name, is_link) in enumerate(names):
+    for index, member in enumerate(members):
         try:
-            if is_link:
-                raise UnsafeArchive(f"{name!r}: symbolic link")
-            target = member_target(name, strip, into)
+            if member.kind not in (FILE, FOLDER):
+                raise UnsafeArchive(f"{member.name!r}: {member.kind}")
+            target = member_target(member.name, strip, into)
         except UnsafeArchive as err:
             problems.append(str(err))
             continue
@@ -93,6 +125,18 @@ def _plan(names: list[tuple[str, bool]], archive: Path, strip: str, into: str) -
             + more
         )
     return plan
+
+
+def _check_space(archive: Path, members: Sequence[Member], plan: list[tuple[int, str]], dest: Path) -> None:
+    """Raise before extracting when the unpacked members do not fit on the disk that holds ``dest``."""
+    need = sum(members[index].size for index, _ in plan)
+    dest.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest).free
+    if need > free:
+        raise ArchiveError(
+            f"{archive.name} needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free in {dest}: free some "
+            "space (or move data.downloads and the dataset root to a larger disk) and rerun"
+        )
 
 
 def _merge(src: Path, dest: Path) -> int:
@@ -121,14 +165,9 @@ def extract_zip(archive: str | Path, dest: str | Path, strip: str = "", into: st
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-            plan = _plan([(i.filename, _is_zip_symlink(i)) for i in infos], archive, strip, into)
-            need = sum(infos[i].file_size for i, _ in plan)
-            dest.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(dest).free
-            if need > free:
-                raise ArchiveError(
-                    f"{archive.name} needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free in {dest}"
-                )
+            members = [Member(i.filename, _zip_kind(i), i.file_size) for i in infos]
+            plan = _plan(members, archive, strip, into)
+            _check_space(archive, members, plan, dest)
             work = dest / f".extract-{archive.name}"
             shutil.rmtree(work, ignore_errors=True)
             for index, target in plan:
@@ -147,62 +186,123 @@ def extract_zip(archive: str | Path, dest: str | Path, strip: str = "", into: st
     return _merge(work, dest)
 
 
-def _rar_tool() -> str:
-    for tool in RAR_TOOLS:
+def _archive_tool(archive: Path) -> str:
+    for tool in ARCHIVE_TOOLS:
         if shutil.which(tool):
             return tool
     raise ArchiveError(
-        "extracting a .rar archive needs one of "
-        f"{', '.join(RAR_TOOLS)} on the PATH (e.g. `apt-get install libarchive-tools`); or extract it "
-        "yourself and point params at the extracted folder"
+        f"extracting {archive.name} needs one of {', '.join(ARCHIVE_TOOLS)} on the PATH (e.g. `apt-get "
+        "install libarchive-tools`); or extract it yourself and point params at the extracted folder"
     )
 
 
-def _rar_names(tool: str, archive: Path) -> list[str]:
-    commands = {
-        "bsdtar": [tool, "-tf", str(archive)],
-        "unrar": [tool, "lb", str(archive)],
-        "7z": [tool, "l", "-ba", "-slt", str(archive)],
-        "7zz": [tool, "l", "-ba", "-slt", str(archive)],
-    }
-    out = subprocess.run(commands[tool], capture_output=True, text=True, check=False)
+def _run_tool(command: list[str], archive: Path) -> str:
+    out = subprocess.run(
+        command,
+        capture_output=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+        env={**os.environ, **TOOL_ENV},
+        check=False,
+    )
     if out.returncode != 0:
-        raise ArchiveError(f"{tool} cannot list {archive.name}: {out.stderr.strip()[:500]}")
-    lines = out.stdout.splitlines()
-    if tool.startswith("7z"):
-        return [line[len("Path = ") :] for line in lines if line.startswith("Path = ")]
-    return [line for line in lines if line]
+        said = "; ".join(line.strip() for line in out.stderr.splitlines() if line.strip())
+        raise ArchiveError(
+            f"{command[0]} cannot read {archive.name}: {said[:500]}; if the archive is "
+            "incomplete or corrupt, delete it and rerun to download it again"
+        )
+    return out.stdout
 
 
-def extract_rar(archive: str | Path, dest: str | Path, strip: str = "", into: str = "") -> int:
-    """Extract a RAR archive with an external tool, with the same checks as :func:`extract_zip`.
+def _bsdtar_member(name: str, line: str, archive: Path) -> Member:
+    """A member from its ``bsdtar -tf`` name and ``bsdtar -tvf`` line (ls-style, C locale)."""
+    fields = line.split(None, 8)  # mode, links, owner, group, size, month, day, time or year, name...
+    shown = fields[8] if len(fields) == 9 else ""
+    if not fields or fields[0][0] not in MODE_KINDS or not shown.startswith(name):
+        raise ArchiveError(f"{archive.name}: cannot read bsdtar's listing line {line!r}")
+    kind = MODE_KINDS[fields[0][0]]
+    # A hard link is listed with its target's mode and "NAME link to TARGET": only the suffix tells.
+    if shown[len(name) :].startswith(" link to "):
+        kind = HARD_LINK
+    return Member(name, kind, int(fields[4]) if kind == FILE else 0)
 
-    The member list is checked before extraction; after it, the private folder is checked again
-    (no symbolic links, nothing outside) and Windows-style ``a\\b`` names become folders.
+
+def _bsdtar_members(tool: str, archive: Path) -> list[Member]:
+    names = _run_tool([tool, "-tf", str(archive)], archive).splitlines()
+    lines = _run_tool([tool, "-tvf", str(archive)], archive).splitlines()
+    if len(names) != len(lines):
+        raise ArchiveError(f"{archive.name}: bsdtar listed {len(names)} names but {len(lines)} members")
+    return [_bsdtar_member(name, line, archive) for name, line in zip(names, lines, strict=True)]
+
+
+def _7z_kind(fields: dict[str, str]) -> str:
+    if fields.get("Symbolic Link"):
+        return MODE_KINDS["l"]
+    if fields.get("Hard Link"):
+        return HARD_LINK
+    # "A -rw-r--r--": Windows attributes, then the Unix mode when the archive was made on Unix.
+    attributes = fields.get("Attributes", "").split()
+    mode = attributes[-1] if attributes else ""
+    if len(mode) == 10 and mode[0] in MODE_KINDS:
+        return MODE_KINDS[mode[0]]
+    windows_folder = bool(attributes) and "D" in attributes[0]
+    return FOLDER if fields.get("Folder") == "+" or windows_folder else FILE
+
+
+def _7z_members(tool: str, archive: Path) -> list[Member]:
+    members = []
+    for block in _run_tool([tool, "l", "-ba", "-slt", str(archive)], archive).split("\n\n"):
+        fields = dict(line.split(" = ", 1) for line in block.splitlines() if " = " in line)
+        if "Path" in fields:
+            kind = _7z_kind(fields)
+            members.append(Member(fields["Path"], kind, int(fields.get("Size") or 0) if kind == FILE else 0))
+    return members
+
+
+def _extract_command(tool: str, archive: Path, work: Path) -> list[str]:
+    if tool == "bsdtar":
+        return [tool, "-xf", str(archive.resolve()), "-C", str(work), "--no-same-owner"]
+    return [tool, "x", "-y", f"-o{work}", str(archive.resolve())]
+
+
+def _refuse_special_files(work: Path, archive: Path) -> None:
+    """Second line of defence: the extracted tree holds plain files and folders only."""
+    for path in sorted(work.rglob("*")):
+        info = path.lstat()
+        kind = MODE_KINDS.get(stat.filemode(info.st_mode)[0], "special file")
+        if kind == FILE and info.st_nlink > 1:
+            kind = HARD_LINK
+        if kind not in (FILE, FOLDER):
+            shutil.rmtree(work, ignore_errors=True)
+            raise UnsafeArchive(f"{archive.name}: {kind} {path.relative_to(work)} refused")
+
+
+def extract_with_tool(archive: str | Path, dest: str | Path, strip: str = "", into: str = "") -> int:
+    """Extract a RAR or 7z archive with an external tool, with the same checks as :func:`extract_zip`.
+
+    The typed member list is checked (and the disk space with it) before the tool extracts anything;
+    after it, the private folder is checked again and Windows-style ``a\\b`` names become folders.
+
+    Raises:
+        UnsafeArchive: A member is unsafe (nothing is written).
+        ArchiveError: No tool, a corrupt archive or too small a disk.
     """
     archive, dest = Path(archive), Path(dest)
-    tool = _rar_tool()
-    _plan([(name, False) for name in _rar_names(tool, archive)], archive, strip, into)
-    dest.mkdir(parents=True, exist_ok=True)
+    tool = _archive_tool(archive)
+    members = _bsdtar_members(tool, archive) if tool == "bsdtar" else _7z_members(tool, archive)
+    _check_space(archive, members, _plan(members, archive, strip, into), dest)
     work = dest / f".extract-{archive.name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    commands = {
-        "bsdtar": [tool, "-xf", str(archive.resolve()), "-C", str(work)],
-        "unrar": [tool, "x", "-o+", "-y", str(archive.resolve()), str(work) + os.sep],
-        "7z": [tool, "x", "-y", f"-o{work}", str(archive.resolve())],
-        "7zz": [tool, "x", "-y", f"-o{work}", str(archive.resolve())],
-    }
-    out = subprocess.run(commands[tool], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
+    try:
+        _run_tool(_extract_command(tool, archive, work), archive)
+    except ArchiveError:
         shutil.rmtree(work, ignore_errors=True)
-        raise ArchiveError(f"{tool} failed on {archive.name}: {out.stderr.strip()[:500]}")
+        raise
+    _refuse_special_files(work, archive)
     staged = work.with_name(work.name + ".mapped")
     shutil.rmtree(staged, ignore_errors=True)
     for path in sorted(work.rglob("*")):
-        if path.is_symlink():
-            shutil.rmtree(work, ignore_errors=True)
-            raise UnsafeArchive(f"{archive.name}: symbolic link {path.relative_to(work)} refused")
         if path.is_file():
             target = member_target(str(path.relative_to(work)), strip, into)
             promote(path, _inside(staged, target))
@@ -211,9 +311,9 @@ def extract_rar(archive: str | Path, dest: str | Path, strip: str = "", into: st
 
 
 def extract(archive: Path, dest: Path, spec: Archive) -> int:
-    """Extract ``archive`` (zip or rar, by its name) into ``dest`` following ``spec``."""
-    if archive.suffix.lower() == ".rar":
-        return extract_rar(archive, dest, spec.strip, spec.into)
+    """Extract ``archive`` (zip, or RAR/7z through a tool: by its name) into ``dest`` following ``spec``."""
+    if archive.suffix.lower() in TOOL_SUFFIXES:
+        return extract_with_tool(archive, dest, spec.strip, spec.into)
     return extract_zip(archive, dest, spec.strip, spec.into)
 
 

@@ -1,7 +1,9 @@
 """Download the real datasets' archives: resumable, verified, credentials kept out of sight.
 
 * **Resumable**: bytes go to ``<name>.part``; an interrupted or dropped transfer is continued with an
-  HTTP ``Range`` request (a server that ignores it makes the download start over, never corrupt it).
+  HTTP ``Range`` request carrying ``If-Range`` with the ETag (or Last-Modified date) of the first
+  attempt, kept in ``<name>.part-validator``: a file that changed on the server in between, like a
+  server that ignores ``Range``, makes the download start over, never splices two files.
   The archive gets its final name only when it is complete and its checksum matched
   (:mod:`dacs_uda.data.staging`).
 * **Verified**: SHA-256 (and MD5) of every archive are computed before it is used and compared with
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dacs_uda.data.sources import CREDENTIAL_ENV, DOCS, Archive, Source
-from dacs_uda.data.staging import part_file, promote
+from dacs_uda.data.staging import part_file, part_validator, promote
 from dacs_uda.utils.io import write_text
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,27 @@ def _content_range_total(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _validator(headers: Mapping[str, str]) -> str | None:
+    """What ``If-Range`` may name for this response's body: its strong ETag, else its Last-Modified."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):  # RFC 9110: a weak ETag cannot make a Range conditional
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _remember_validator(headers: Mapping[str, str], path: Path) -> None:
+    value = _validator(headers)
+    if value:
+        write_text(path, value)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _discard_part(part: Path, validator: Path) -> None:
+    part.unlink(missing_ok=True)
+    validator.unlink(missing_ok=True)
+
+
 def fetch(
     url: str,
     dest: str | Path,
@@ -187,7 +210,7 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Not atomic_path: its temporary is deleted when the block fails, and the bytes of an interrupted
     # download must stay for the next run to resume (dacs_uda.data.staging).
-    part = part_file(dest)
+    part, validator = part_file(dest), part_validator(dest)
     opener = opener or urllib.request.build_opener()
     total: int | None = None
     for attempt in range(retries + 1):
@@ -195,8 +218,18 @@ def fetch(
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         if offset:
             request.add_header("Range", f"bytes={offset}-")
+            if validator.is_file():
+                request.add_header("If-Range", validator.read_text())
         try:
             with opener.open(request, timeout=timeout) as response:
+                if response.status != 206:  # the whole file from its first byte: what a resume must match
+                    if offset:
+                        log.warning(
+                            "%s changed on the server since the first attempt (or the server ignores "
+                            "Range): downloading it again from the start",
+                            dest.name,
+                        )
+                    _remember_validator(response.headers, validator)
                 total = _receive(response, part, offset, total, on_progress)
             break
         except urllib.error.HTTPError as err:
@@ -205,7 +238,7 @@ def fetch(
                 if remote == offset:
                     total = offset
                     break
-                part.unlink()  # the partial file does not match the remote one: start over
+                _discard_part(part, validator)  # the partial file does not match the remote one: start over
                 problem: BaseException = err
             elif err.code in (401, 403):
                 raise DownloadError(f"{url}: access denied (HTTP {err.code}); check the account") from None
@@ -233,9 +266,10 @@ def fetch(
     try:
         digests, _ = verify(part, known or {}, dest.name)
     except ChecksumMismatch as err:
-        part.unlink()
+        _discard_part(part, validator)
         raise ChecksumMismatch(f"{err}; the download was deleted, rerun to download it again") from None
     promote(part, dest)
+    validator.unlink(missing_ok=True)
     return digests
 
 
@@ -339,7 +373,7 @@ def login(site: str, credentials: Credentials, timeout: float = 60.0) -> urllib.
         raise DownloadError(
             f"login to {site} refused (HTTP {status}): check {CREDENTIAL_ENV[0]} and {CREDENTIAL_ENV[1]}"
         )
-    log.info("logged in to %s as %s", site, credentials.username)
+    log.info("logged in to %s", site)  # without the username: credentials never reach the logs
     return opener
 
 

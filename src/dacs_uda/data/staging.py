@@ -5,7 +5,8 @@ stage builds cannot: they are made over more than one run, and ``atomic_path`` d
 temporary when the block fails, which would throw away the progress a rerun must continue:
 
 * a download goes to ``<name>.part`` (:func:`part_file`), which the next run resumes with an HTTP
-  ``Range`` request (:mod:`dacs_uda.data.download`);
+  ``Range`` request, made conditional on the file being the one the first attempt got by the
+  validator kept beside it (:func:`part_validator`, :mod:`dacs_uda.data.download`);
 * a dataset is extracted archive by archive into ``.<root>.partial`` (:func:`staging_dir`), each
   finished archive recorded in ``.<root>.partial-done`` (:func:`done_dir`), so a rerun extracts only
   what is left (:mod:`dacs_uda.data.archives`).
@@ -22,6 +23,11 @@ from pathlib import Path
 def part_file(dest: Path) -> Path:
     """Where the download of ``dest`` collects its bytes until it is complete and verified."""
     return dest.with_name(dest.name + ".part")
+
+
+def part_validator(dest: Path) -> Path:
+    """The ETag or Last-Modified date of the file whose bytes :func:`part_file` holds."""
+    return dest.with_name(dest.name + ".part-validator")
 
 
 def staging_dir(root: Path) -> Path:

@@ -24,6 +24,7 @@ the stem then computes what it computes in torchvision, up to the zero padding a
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,9 @@ OUR_CLASSIFIER = "classifier.branches."
 # torchvision's ImageNet preprocessing (RGB, [0, 1]): ImageClassification's defaults.
 TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
+# How torch.load(weights_only=True) says it refused a file, and names what (a global: code or a class).
+WEIGHTS_ONLY_REFUSED = "Weights only load failed"
+REFUSED_GLOBAL = re.compile(r"Unsupported global: (GLOBAL \S+)")
 _WEIGHTS_ENUMS = {
     "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
     "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
@@ -168,6 +172,19 @@ def load_matching(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, w
     return report
 
 
+def _unreadable_weights_message(path: Path, reason: str) -> str:
+    if WEIGHTS_ONLY_REFUSED in reason:
+        found = REFUSED_GLOBAL.search(reason)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"model.weights: {path} carries code or Python objects other than tensors{what}; it was "
+            "refused and nothing in it ran. Use a file of plain tensors (torch.save of a state dict) "
+            "from a source you trust"
+        )
+    first_line = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
+    return f"model.weights: {path} is not a readable weights file ({first_line})"
+
+
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.pth`` file: a state dict, or a checkpoint holding one under 'model' / 'state_dict'."""
     path = Path(path)
@@ -176,7 +193,8 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"model.weights: {path} is not a readable weights file ({err})") from err
+        # from None: torch's own message suggests weights_only=False, i.e. running the file's code.
+        raise ValueError(_unreadable_weights_message(path, str(err))) from None
     for key in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
