@@ -9,12 +9,17 @@
   plus the ``test`` split (images only) and the top-level ``README`` / ``license.txt`` of the archives.
 
 Frames come from the embedded scene generator, so labels are realistic street layouts.
+
+Trees as users have them, too: :func:`daformer_convert` adds what DAFormer's (mmseg's, for
+Cityscapes) ``tools/convert_datasets/{gta,synthia,cityscapes}.py`` write in place, and
+:func:`cityscapes_dacs_tree` lays Cityscapes out as the official DACS code reads it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from PIL import Image
 
 from dacs_uda import labels as L
 from dacs_uda.data import synth
-from dacs_uda.data.formats import write_png16
+from dacs_uda.data.formats import FORMATS, read_label_ids, to_train_ids, write_png16
 
 GTA5_SIZE = (64, 35)  # W, H: about the 1914x1052 aspect
 SYNTHIA_SIZE = (64, 38)  # 1280x760 aspect
@@ -109,6 +114,77 @@ def cityscapes_tree(
     Image.new("RGB", size).save(test_dir / "berlin_000000_000019_leftImg8bit.png")
     (root / "README").write_text("The Cityscapes Dataset (fixture)\n")
     (root / "license.txt").write_text("fixture\n")
+    return root
+
+
+# Where each converter finds the labels it converts, and how it picks them: GTA5 and SYNTHIA take
+# every `<digit>.png` in the label folder; Cityscapes every `_gtFine_polygons.json` (its label file
+# is rendered from it: here from the fixture's labelIds, which hold the same classes).
+CONVERTED_LABELS = {
+    "gta5": ("labels", "*[0-9].png", ".png"),
+    "synthia": ("GT/LABELS", "*[0-9].png", ".png"),
+    "cityscapes": ("gtFine", "*/*/*_gtFine_polygons.json", "_polygons.json"),
+}
+CONVERTER_STATS = ("sample_class_stats.json", "sample_class_stats_dict.json", "samples_with_class.json")
+
+
+def _source_label(found: Path, fmt: str) -> Path:
+    """The label the converter reads for ``found`` (Cityscapes: the labelIds beside the polygons)."""
+    if fmt == "cityscapes":
+        return found.with_name(found.name.replace("_polygons.json", "_labelIds.png"))
+    return found
+
+
+def daformer_convert(root: Path, fmt: str) -> list[Path]:
+    """Write what DAFormer's converter for ``fmt`` writes into ``root`` in place; return the new files.
+
+    Beside each label ``X.png`` (Cityscapes ``..._gtFine_polygons.json``) an 8-bit training-id label
+    ``X_labelTrainIds.png`` (``..._gtFine_labelTrainIds.png``), 255 = ignore; in the root the three
+    class-statistics files (Cityscapes: of the train split only) and, for Cityscapes, the
+    ``{train,val,test}.txt`` lists of frame stems.
+    """
+    folder, pattern, suffix = CONVERTED_LABELS[fmt]
+    encoding = FORMATS[fmt].label_encoding
+    stats: list[dict[str, object]] = []
+    written = []
+    for found in sorted((root / folder).glob(pattern)):
+        train_ids = to_train_ids(read_label_ids(_source_label(found, fmt), encoding), encoding)
+        out = found.with_name(found.name[: -len(suffix)] + "_labelTrainIds.png")
+        Image.fromarray(train_ids, "L").save(out)
+        written.append(out)
+        if fmt != "cityscapes" or "/train/" in out.as_posix():
+            classes, pixels = np.unique(train_ids[train_ids != 255], return_counts=True)
+            stats.append({**{str(c): int(n) for c, n in zip(classes, pixels, strict=True)}, "file": str(out)})
+    by_file = {str(entry["file"]): {k: v for k, v in entry.items() if k != "file"} for entry in stats}
+    with_class: dict[str, list[list[object]]] = {}
+    for file, counts in by_file.items():
+        for c, n in counts.items():
+            with_class.setdefault(c, []).append([file, n])
+    for name, content in zip(CONVERTER_STATS, (stats, by_file, with_class), strict=True):
+        (root / name).write_text(json.dumps(content, indent=2))
+        written.append(root / name)
+    if fmt == "cityscapes":
+        for split in ("train", "val", "test"):
+            stems = sorted(
+                p.name[: -len("_gtFine_polygons.json")]
+                for p in (root / "gtFine" / split).glob("*/*_gtFine_polygons.json")
+            )
+            (root / f"{split}.txt").write_text("".join(f"{stem}\n" for stem in stems))
+            written.append(root / f"{split}.txt")
+    return written
+
+
+def cityscapes_dacs_tree(root: Path, counts: dict[str, int] | None = None) -> Path:
+    """A Cityscapes tree as the official DACS code reads it: each zip extracted into a folder of its
+    name, ``leftImg8bit_trainvaltest/{leftImg8bit,README,license.txt}`` and the same for gtFine."""
+    official = cityscapes_tree(root.with_name(root.name + "-official"), counts)
+    for top in ("leftImg8bit", "gtFine"):
+        zip_folder = root / f"{top}_trainvaltest"
+        zip_folder.mkdir(parents=True)
+        shutil.copytree(official / top, zip_folder / top)
+        for name in ("README", "license.txt"):
+            shutil.copy(official / name, zip_folder / name)
+    shutil.rmtree(official)
     return root
 
 

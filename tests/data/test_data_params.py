@@ -42,6 +42,7 @@ def test_repo_params_keep_the_embedded_default_and_name_the_new_keys() -> None:
     assert data["pair"] == "embedded" and data["download"] is False and data["checksums"] is None
     assert data["source"]["counts"] is None and data["target"]["counts"] is None
     assert data["prepared"] == "data/prepared" and data["downloads"] == "data/downloads"
+    assert (data["on_bad_pair"], data["max_bad_fraction"], data["io_workers"]) == ("fail", 0.001, 0)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +67,10 @@ def test_real_pairs_parse(pair: str, source: str, target: str) -> None:
         ({"source": {"counts": {"train": 0}}}, "data.source.counts"),
         ({"target": {"counts": {}}}, "data.target.counts"),
         ({"download": "maybe"}, "data.download"),
+        ({"on_bad_pair": "drop"}, "data.on_bad_pair"),
+        ({"max_bad_fraction": 1.0}, "data.max_bad_fraction"),
+        ({"max_bad_fraction": -0.01}, "data.max_bad_fraction"),
+        ({"io_workers": -1}, "data.io_workers"),
     ],
 )
 def test_inconsistent_data_params_are_rejected_by_name(data: dict, key: str) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from dacs_uda.data import prepare
 from dacs_uda.data.datasets import SegmentationDataset, read_manifest
 from dacs_uda.data.formats import FORMATS, read_label_ids, to_train_ids
-from dacs_uda.data.manifest import build_manifest
+from dacs_uda.data.manifest import build_manifest, io_processes
 from tests.data import fixtures
 
 SIZE = (32, 18)
@@ -55,6 +55,23 @@ def test_prepared_pairs_match_the_official_recipe(trees: Path, tmp_path: Path, f
             np.testing.assert_array_equal(np.asarray(image), np.asarray(reference))
             prepared_ids = to_train_ids(np.asarray(label), "cityscapes_label_id")
         np.testing.assert_array_equal(prepared_ids, expected_train_ids(row.raw_label, fmt, SIZE))
+
+
+@pytest.mark.parametrize("fmt", ["gta5", "synthia"])
+def test_process_pool_prepares_the_same_bytes_as_one_process(trees: Path, tmp_path: Path, fmt: str) -> None:
+    rows = rows_of(trees, fmt)
+    serial, _ = prepare.prepare_domain(rows, fmt, tmp_path / "serial", SIZE, workers=1)
+    pooled, _ = prepare.prepare_domain(rows, fmt, tmp_path / "pooled", SIZE, workers=2)
+    for column in ("image", "label"):
+        for one, two in zip(serial[column], pooled[column], strict=True):
+            assert Path(one).relative_to(tmp_path / "serial") == Path(two).relative_to(tmp_path / "pooled")
+            assert Path(one).read_bytes() == Path(two).read_bytes()
+    same = [c for c in prepare.PREPARED_COLUMNS if c not in ("image", "label")]
+    pd.testing.assert_frame_equal(serial[same], pooled[same])
+
+
+def test_io_workers_zero_means_one_process_per_usable_core() -> None:
+    assert io_processes(0) == len(os.sched_getaffinity(0)) and io_processes(3) == 3
 
 
 def test_synthia_ignored_classes_stay_ignored(trees: Path, tmp_path: Path) -> None:

@@ -1,22 +1,25 @@
 """Validation of the real dataset layouts on fixture trees (official layouts and encodings).
 
-Each bad input gets the right outcome: a fatal failure naming the file, or, for the known defects of
-the real GTA5 release (size mismatch, missing pair), a warning that lists the file, with every valid
-row kept.
+Each bad input gets the right outcome: a fatal failure naming the file, or, for the reported problems
+of the real GTA5 data (size mismatch, missing pair), a warning that lists the file, with every valid
+row kept; with ``data.on_bad_pair: skip``, bad pairs are dropped and listed up to a share of the rows.
+Trees as users have them (converted for DAFormer/mmseg, Cityscapes in the DACS layout) validate too.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from dacs_uda.config import compose_params
-from dacs_uda.data import report, validate
+from dacs_uda.data import acquire, report, validate
 from dacs_uda.data.formats import write_png16
 from dacs_uda.data.manifest import build_manifest, missing_layout
 from tests.data import fixtures
@@ -39,7 +42,9 @@ def trees(pristine: Path, tmp_path: Path) -> Path:
     return tmp_path / "real"
 
 
-def run(trees: Path, fmt: str, expected: dict[str, int] | None = None) -> validate.DatasetResult:
+def run(
+    trees: Path, fmt: str, expected: dict[str, int] | None = None, max_bad_fraction: float | None = None
+) -> validate.DatasetResult:
     manifest = build_manifest(fmt, trees / fmt, workers=1)
     return validate.validate_dataset(
         "source" if fmt != "cityscapes" else "target",
@@ -48,6 +53,7 @@ def run(trees: Path, fmt: str, expected: dict[str, int] | None = None) -> valida
         manifest,
         expected or COUNTS[fmt],
         known_defects=True,
+        max_bad_fraction=max_bad_fraction,
     )
 
 
@@ -247,7 +253,7 @@ def test_gta5_known_defects_are_warnings_with_the_list(trees: Path) -> None:
     )
     assert set(summary["failures"].values()) == {0}
     text = report.render_report([result], "data/manifests")
-    assert "Warnings: known defects of the official GTA5 data (3 files)" in text
+    assert "Warnings: reported problems of the GTA5 data (3 files)" in text
     assert str(gta / "labels" / "00004.png") in text and "PASS" in text
 
 
@@ -256,3 +262,110 @@ def test_gta5_defects_stay_fatal_for_the_generated_pair(trees: Path) -> None:
     manifest = build_manifest("gta5", trees / "gta5", workers=1)
     result = validate.validate_dataset("source", "gta5", trees / "gta5", manifest, {"train": 6})
     assert not result.success and "label present" in {c.check for c in result.checks if c.fatal}
+
+
+# --- trees as users have them -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "converted"), [("gta5", 6), ("synthia", 6), ("cityscapes", 6)])
+def test_daformer_converted_trees_validate_like_the_originals(trees: Path, fmt: str, converted: int) -> None:
+    original = build_manifest(fmt, trees / fmt, workers=1)
+    written = fixtures.daformer_convert(trees / fmt, fmt)
+    assert sum(p.name.endswith("_labelTrainIds.png") for p in written) == converted
+    assert {p.name for p in written} >= set(fixtures.CONVERTER_STATS)
+    result = run(trees, fmt)
+    assert result.success and result.bad_files() == [] and result.warning_files() == []
+    pd.testing.assert_frame_equal(result.manifest, original)  # not one converted file is picked up
+
+
+def test_cityscapes_in_the_dacs_layout_validates(trees: Path, tmp_path: Path) -> None:
+    root = fixtures.cityscapes_dacs_tree(tmp_path / "cityscapes")
+    assert missing_layout("cityscapes", root) == []
+    manifest = build_manifest("cityscapes", root, workers=1)
+    result = validate.validate_dataset("target", "cityscapes", root, manifest, COUNTS["cityscapes"], True)
+    assert result.success and len(result.passed_rows()) == 6
+    official = build_manifest("cityscapes", trees / "cityscapes", workers=1)
+    for column, top in (("image", "leftImg8bit"), ("label", "gtFine")):
+        moved = [str(Path(p).relative_to(root / f"{top}_trainvaltest")) for p in manifest[column]]
+        assert moved == [str(Path(p).relative_to(trees / "cityscapes")) for p in official[column]]
+    assert manifest["label_sha256"].tolist() == official["label_sha256"].tolist()
+
+
+def test_a_root_in_neither_layout_names_what_was_looked_for(trees: Path, tmp_path: Path) -> None:
+    data = compose_params(["dataset=gta5_cityscapes"]).data
+    data.source.root, data.target.root = str(trees / "gta5"), str(tmp_path / "cityscapes")
+    (tmp_path / "cityscapes" / "leftImg8bit" / "train").mkdir(parents=True)
+    with pytest.raises(acquire.DataMissing) as raised:
+        acquire.acquire_real(data)
+    message = str(raised.value)
+    assert (
+        "looked for leftImg8bit/train/, leftImg8bit/val/, gtFine/train/, gtFine/val/ or "
+        "leftImg8bit_trainvaltest/leftImg8bit/train/, leftImg8bit_trainvaltest/leftImg8bit/val/, "
+        "gtFine_trainvaltest/gtFine/train/, gtFine_trainvaltest/gtFine/val/ "
+        "(missing: leftImg8bit/val, gtFine/train, gtFine/val)"
+    ) in message
+    assert "  <root>/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n" in message
+    assert "\nor\n  <root>/leftImg8bit_trainvaltest/leftImg8bit/{train,val}/" in message
+    assert "gtFine_trainvaltest/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png" in message
+
+
+# --- data.on_bad_pair: skip --------------------------------------------------------------------------
+
+
+def _two_bad_synthia_pairs(trees: Path) -> set[str]:
+    """A truncated label (0000002) and a missing one (0000004): the files that name the two pairs."""
+    _, truncated, _ = corrupt_synthia_label(trees)
+    _, lone_image, _ = missing_synthia_label(trees)
+    return {str(truncated), str(lone_image)}
+
+
+def test_skip_drops_bad_pairs_lists_them_and_keeps_the_rest(trees: Path) -> None:
+    named = _two_bad_synthia_pairs(trees)
+    result = run(trees, "synthia", max_bad_fraction=0.5)
+    assert result.success and result.bad_files() == []
+    assert {file for file, _, _ in result.skipped_files()} == named
+    assert {outcome for _, _, outcome in result.skipped_files()} == {validate.SKIPPED}
+    kept = sorted(Path(p).name for p in result.passed_rows()["image"])
+    assert kept == ["0000000.png", "0000001.png", "0000003.png", "0000005.png"]
+    (fraction,) = [c for c in result.checks if c.check == validate.BAD_FRACTION_CHECK]
+    assert fraction.success and fraction.detail == "dropped 2 of 6 pairs, at most 3 allowed (0.5)"
+    assert {c.check: c.kind for c in result.checks if not c.success} == {
+        "label present": "skipped",
+        "label readable": "skipped",
+    }
+    summary = report.summarize([result])["source"]
+    assert summary["rows_per_split"] == {"train": 6}  # the count check counts the pairs on disk
+    assert summary["skipped_pairs"] == 2
+    assert summary["manifest_rows"] == 4 and set(summary["failures"].values()) == {0}
+    text = report.render_report([result], "data/manifests")
+    assert "The counts include 2 skipped pairs; 4 rows are kept." in text
+    assert "### Skipped pairs (2, data.on_bad_pair: skip)" in text
+    assert all(file in text for file in named)
+
+
+def test_skip_still_fails_past_the_fraction_and_on_table_checks(trees: Path) -> None:
+    named = _two_bad_synthia_pairs(trees)
+    result = run(trees, "synthia", max_bad_fraction=0.2)  # 6 rows: at most 1 may go
+    assert not result.success and {c.check for c in result.checks if c.fatal} == {validate.BAD_FRACTION_CHECK}
+    assert {file for file, _, _ in result.skipped_files()} == named  # still listed, to fix them
+    message = report.failure_message([result], Path("reports/validation.md"))
+    assert "dropped 2 of 6 pairs, at most 1 allowed (0.2)" in message
+    short = run(trees, "synthia", {"train": 7}, max_bad_fraction=0.5)
+    assert {c.check for c in short.checks if c.fatal} == {"rows in train"}
+
+
+def test_on_bad_pair_from_params_reaches_the_metrics(trees: Path, tmp_path: Path) -> None:
+    named = _two_bad_synthia_pairs(trees)
+    data = compose_params(["dataset=synthia_cityscapes"]).data
+    data.source.root, data.target.root = str(trees / "synthia"), str(trees / "cityscapes")
+    data.source.counts, data.target.counts = COUNTS["synthia"], COUNTS["cityscapes"]
+    data.io_workers = 1
+    assert not validate.validate_data(data)[0].success  # the default: fail
+    data.on_bad_pair, data.max_bad_fraction = "skip", 0.4
+    results = validate.validate_data(data)
+    metrics = tmp_path / "validation.json"
+    assert report.write_outputs(results, tmp_path / "manifests", tmp_path / "validation.md", metrics)
+    written = json.loads(metrics.read_text())
+    assert written["source"]["skipped_pairs"] == 2 and written["target"]["skipped_pairs"] == 0
+    assert all(file in (tmp_path / "validation.md").read_text() for file in named)
+    assert len(pd.read_csv(tmp_path / "manifests" / "source.csv")) == 4

@@ -17,7 +17,7 @@ from PIL import Image
 from dacs_uda.config import DomainConfig
 from dacs_uda.models.checkpoint import load_checkpoint
 from dacs_uda.stages import data as acquire
-from dacs_uda.stages import prepare, pretrain, validate
+from dacs_uda.stages import prepare, train, validate
 from tests.conftest import tiny_params, write_params
 from tests.data import fixtures
 
@@ -73,14 +73,14 @@ def test_real_pair_runs_data_validate_prepare_pretrain(
     assert Path("reports/embedded_samples.png").is_file()
     assert validate.main() == 0
     assert prepare.main() == 0
-    assert pretrain.main(["--section", "pretrain"]) == 0
+    assert train.main(["--section", "pretrain"]) == 0
     assert sorted(p.relative_to(datasets) for p in datasets.rglob("*")) == before  # read-only use
     source = pd.read_csv("data/prepared/source.csv")
     target = pd.read_csv("data/prepared/target.csv")
     assert len(source) == 6 and target["split"].value_counts().to_dict() == fixtures.CITYSCAPES_COUNTS
     with Image.open(source["image"].iloc[0]) as image, Image.open(target["label"].iloc[0]) as label:
         assert list(image.size) == SOURCE_RESIZE[pair.split("_")[0]] and list(label.size) == TARGET_RESIZE
-    assert load_checkpoint("models/source.pt")["step"] == 2
+    assert load_checkpoint("models/trained/pretrain.pt")["step"] == 2
     assert json.loads(Path("metrics/validation.json").read_text())["success"] is True
 
 
@@ -117,7 +117,7 @@ def test_known_gta5_defects_warn_and_broken_target_stops_before_training(
     monkeypatch.chdir(real_project(project, copy, "gta5_cityscapes"))
     assert validate.main() == 0  # warnings only
     report = Path("reports/validation.md").read_text()
-    assert "Warnings: known defects of the official GTA5 data (2 files)" in report
+    assert "Warnings: reported problems of the GTA5 data (2 files)" in report
     assert str(copy / "gta5" / "images" / "00002.png") in report
     metrics = json.loads(Path("metrics/validation.json").read_text())
     assert metrics["source"]["warning_files"] == 2 and metrics["source"]["manifest_rows"] == 5

@@ -26,7 +26,7 @@ from dacs_uda.data.archives import extract_dataset
 from dacs_uda.data.datasets import load_pair
 from dacs_uda.data.download import DownloadError, download_archives, read_pins
 from dacs_uda.data.formats import FORMATS
-from dacs_uda.data.manifest import LAYOUT_DIRS, find_pairs, missing_layout
+from dacs_uda.data.manifest import expected_layout, find_pairs, layout_folders, missing_layout
 from dacs_uda.data.sources import CREDENTIAL_ENV, DOCS, SOURCES, Source
 from dacs_uda.utils.io import atomic_path
 from dacs_uda.viz import grid, label_panel
@@ -85,16 +85,15 @@ def not_found_message(cfg: DataConfig, domain: str) -> str:
     dcfg = getattr(cfg, domain)
     spec, source = FORMATS[dcfg.format], SOURCES[dcfg.format]
     key = f"data.{domain}.root"
-    layout = " and ".join(f"{d}/" for d in LAYOUT_DIRS[dcfg.format])
     how = [f"set `data.download: true` to download it into {dcfg.root!r} ({source.homepage})"]
     if source.needs_account:
         how[0] += f"; this needs a {spec.title} account: export {CREDENTIAL_ENV[0]} and {CREDENTIAL_ENV[1]}"
     if any(a.name.endswith(".rar") for a in source.archives):
-        how[0] += "; the archive is a .rar: extracting it needs bsdtar, unrar or 7z"
+        how[0] += "; the archive is a .rar: extracting it needs bsdtar (Debian: libarchive-tools)"
     return (
-        f"{spec.title} not found at `{key}` = {dcfg.root!r} (missing: "
-        f"{', '.join(missing_layout(dcfg.format, dcfg.root))}). Point `{key}` at an existing copy "
-        f"(the folder that holds {layout}), or {how[0]}. See {DOCS}."
+        f"{spec.title} not found at `{key}` = {dcfg.root!r}: looked for {layout_folders(dcfg.format)} "
+        f"(missing: {', '.join(missing_layout(dcfg.format, dcfg.root))}). Point `{key}` at an existing "
+        f"copy, the folder laid out as\n{expected_layout(dcfg.format)}\nor {how[0]}. See {DOCS}."
     )
 
 
@@ -135,9 +134,9 @@ def fetch_dataset(
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DownloadError(
-            f"{root} exists but is not a complete {source.title} tree (missing: "
-            f"{', '.join(missing_layout(fmt, root))}); it is left untouched. Move it away to download "
-            f"afresh, or fix `{key}`."
+            f"{root} exists but is not a complete {source.title} tree: looked for {layout_folders(fmt)} "
+            f"(missing: {', '.join(missing_layout(fmt, root))}); it is left untouched. Move it away to "
+            f"download afresh, or fix `{key}` to name a folder laid out as\n{expected_layout(fmt)}"
         )
     archives_dir = Path(downloads) / fmt
     paths = download_archives(

@@ -340,8 +340,9 @@ def missing_credentials_message(source: Source, archives_dir: Path, root: str, k
         f"{source.title} needs an account and no credentials are set. Either register at "
         f"{source.site}/register/ and export {CREDENTIAL_ENV[0]} and {CREDENTIAL_ENV[1]} (environment "
         "only: never put them in params.yaml), then rerun; or download "
-        f"{names} from {source.homepage} in a browser into {archives_dir}/ (they are verified and "
-        f"extracted from there); or set `{key}` to an extracted copy (currently {root!r}) and "
+        f"{names} from {source.homepage} in a browser into {archives_dir}/ (they are extracted from "
+        "there, checked against data.checksums when it pins them, else reported unverified); or set "
+        f"`{key}` to an extracted copy (currently {root!r}) and "
         f"`data.download: false`. See {DOCS}."
     )
 

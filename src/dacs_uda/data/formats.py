@@ -39,10 +39,12 @@ LABEL_ENCODINGS = (CITYSCAPES_LABEL_ID, SYNTHIA_ID, TRAIN_ID)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOR_TYPES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
 
-# Validation checks that only warn for a format: defects known to exist in the official release
-# that the official loader absorbs. GTA5: a few frames whose image and label sizes differ (the
-# resize to 1280x720 aligns them) and reported missing pairs (bupt-ai-cz/IAST-ECCV2020 #2: 24,966
-# ids, 24,941 usable pairs). Rows with a missing side are left out of the manifest and listed.
+# Validation checks that only warn for a format: problems reported for copies of the real data that
+# the official loader absorbs. GTA5: a few frames whose image and label sizes differ (the official
+# loader's resize to 1280x720 aligns them) and missing pairs (one third-party report,
+# bupt-ai-cz/IAST-ECCV2020 #2: 24,966 ids, 24,941 usable pairs; whether the release itself or that
+# download lacks them is not known, and DACS's train.txt lists all 24,966). Rows with a missing side
+# are left out of the manifest and listed.
 GTA5_KNOWN_DEFECTS = frozenset(
     {"image present", "label present", "image width == label width", "image height == label height"}
 )
@@ -60,7 +62,7 @@ class DatasetFormat:
     label_mode_check: str  # name of that check in reports
     max_label_id: int
     image_resample: int  # PIL filter used when the images are resized (labels: always nearest)
-    official_resize: tuple[int, int]  # W, H the official DACS loader resizes to
+    official_resize: tuple[int, int]  # W, H the DACS loaders resize to (SYNTHIA: see FORMATS)
     native_size: tuple[int, int]  # W, H of (most) frames as released
     warn_only: frozenset[str] = frozenset()
 
@@ -88,6 +90,8 @@ FORMATS: dict[str, DatasetFormat] = {
         label_mode_check="label is a 16-bit PNG",
         max_label_id=L.MAX_SYNTHIA_ID,
         image_resample=Image.Resampling.BICUBIC,  # dacs_official.md §5.4 (as GTA5)
+        # Not an official size: DACS ships no SYNTHIA config. 1280x720 as its GTA5 code and the
+        # DACS-derived CorDA SYNTHIA script; DAFormer-family configs use 1280x760 (dacs_official.md §5.4).
         official_resize=(1280, 720),
         native_size=(1280, 760),
     ),

@@ -9,9 +9,16 @@ Layouts:
 * ``gta5``: ``images/NNNNN.png`` and ``labels/NNNNN.png``, paired by file name; all rows are ``train``.
 * ``cityscapes``: ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
   ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` for the ``train`` and ``val`` splits (``test``
-  has no public labels and is not used).
+  has no public labels and is not used). Both folders may also sit one level down, as the official
+  DACS code reads them: ``leftImg8bit_trainvaltest/leftImg8bit`` and ``gtFine_trainvaltest/gtFine``.
 * ``synthia``: ``RGB/NNNNNNN.png`` and ``GT/LABELS/NNNNNNN.png`` (16-bit, class id in the first
   channel), paired by file name; all rows are ``train``.
+
+Trees converted for DAFormer/mmseg keep their official files and gain derived ones: a
+``<name>_labelTrainIds.png`` beside every label (GTA5 ``labels/``, SYNTHIA ``GT/LABELS/``, Cityscapes
+``gtFine/``) and, in the root, ``sample_class_stats.json``, ``sample_class_stats_dict.json``,
+``samples_with_class.json`` (and Cityscapes ``{train,val,test}.txt``). Only the official files are
+paired: the derived ones are counted and ignored, so such a tree validates like the original.
 
 The official facts of each format (counts, label encodings, sizes) live in :mod:`dacs_uda.data.formats`.
 """
@@ -19,6 +26,7 @@ The official facts of each format (counts, label encodings, sizes) live in :mod:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -56,21 +64,66 @@ TEXT_COLUMNS = (
     "label_sha256",
 )
 
-# Folders that must exist under a root for it to count as a dataset of that format.
-LAYOUT_DIRS: dict[str, tuple[str, ...]] = {
-    "gta5": ("images", "labels"),
-    "synthia": ("RGB", "GT/LABELS"),
-    "cityscapes": ("leftImg8bit/train", "leftImg8bit/val", "gtFine/train", "gtFine/val"),
+# Written beside each label by DAFormer's/mmseg's converters (tools/convert_datasets): never a pair.
+CONVERTED_LABEL_SUFFIX = "_labelTrainIds.png"
+
+# Where Cityscapes' two folders (images, labels) may be: as the official zips extract, or one level
+# down, as the official DACS code reads them.
+CITYSCAPES_TOPS = (
+    ("leftImg8bit", "gtFine"),
+    ("leftImg8bit_trainvaltest/leftImg8bit", "gtFine_trainvaltest/gtFine"),
+)
+
+# The layouts a root of each format may have (the first is the official one): folders that must all
+# exist under a root for it to count as a dataset of that format.
+LAYOUT_DIRS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "gta5": (("images", "labels"),),
+    "synthia": (("RGB", "GT/LABELS"),),
+    "cityscapes": tuple(
+        tuple(f"{top}/{split}" for top in tops for split in CITYSCAPES_SPLITS) for tops in CITYSCAPES_TOPS
+    ),
+}
+
+# What each layout looks like, for error messages (same order as LAYOUT_DIRS).
+EXPECTED_TREES: dict[str, tuple[str, ...]] = {
+    "gta5": (
+        "<root>/images/00001.png ... 24966.png (RGB)\n"
+        "<root>/labels/00001.png ... 24966.png (palette PNGs of Cityscapes label ids)",
+    ),
+    "synthia": (
+        "<root>/RGB/0000000.png ... 0009399.png (RGB)\n"
+        "<root>/GT/LABELS/0000000.png ... 0009399.png (16-bit PNGs, class id in the first channel)",
+    ),
+    "cityscapes": tuple(
+        f"<root>/{images}/{{train,val}}/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n"
+        f"<root>/{labels}/{{train,val}}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png"
+        for images, labels in CITYSCAPES_TOPS
+    ),
 }
 
 # (split, image path or "", label path or "")
 Pair = tuple[str, str, str]
 
 
+def _official_pngs(folder: Path) -> dict[str, Path]:
+    """``*.png`` in ``folder`` by name, without the converters' ``*_labelTrainIds.png`` (logged)."""
+    found, converted = {}, 0
+    for path in folder.glob("*.png"):
+        if path.name.endswith(CONVERTED_LABEL_SUFFIX):
+            converted += 1
+        else:
+            found[path.name] = path
+    if converted:
+        log.info(
+            "%s: ignored %d converted *%s files (DAFormer/mmseg)", folder, converted, CONVERTED_LABEL_SUFFIX
+        )
+    return found
+
+
 def _by_name_pairs(root: Path, image_dir: str, label_dir: str) -> list[Pair]:
     """Pair ``<image_dir>/X.png`` with ``<label_dir>/X.png`` by file name (all rows ``train``)."""
-    images = {p.name: p for p in (root / image_dir).glob("*.png")}
-    labels = {p.name: p for p in (root / label_dir).glob("*.png")}
+    images = _official_pngs(root / image_dir)
+    labels = _official_pngs(root / label_dir)
     return [
         ("train", str(images.get(name, "")), str(labels.get(name, "")))
         for name in sorted(images.keys() | labels.keys())
@@ -87,10 +140,11 @@ def _cityscapes_side(folder: Path, suffix: str) -> dict[tuple[str, str], Path]:
 
 def _cityscapes_pairs(root: Path) -> list[Pair]:
     """Pair ``leftImg8bit`` frames with their ``gtFine`` label ids by (split, city, stem)."""
+    image_top, label_top = CITYSCAPES_TOPS[layout_index("cityscapes", root)]
     pairs: list[Pair] = []
     for split in CITYSCAPES_SPLITS:
-        images = _cityscapes_side(root / "leftImg8bit" / split, CITYSCAPES_IMAGE_SUFFIX)
-        labels = _cityscapes_side(root / "gtFine" / split, CITYSCAPES_LABEL_SUFFIX)
+        images = _cityscapes_side(root / image_top / split, CITYSCAPES_IMAGE_SUFFIX)
+        labels = _cityscapes_side(root / label_top / split, CITYSCAPES_LABEL_SUFFIX)
         for key in sorted(images.keys() | labels.keys()):
             pairs.append((split, str(images.get(key, "")), str(labels.get(key, ""))))
     return pairs
@@ -124,9 +178,31 @@ def find_pairs(fmt: str, root: Path) -> list[Pair]:
     return _cityscapes_pairs(Path(root))
 
 
+def _missing(root: str | Path, layout: tuple[str, ...]) -> list[str]:
+    """The folders of ``layout`` that are not under ``root``."""
+    return [sub for sub in layout if not (Path(root) / sub).is_dir()]
+
+
+def layout_index(fmt: str, root: str | Path) -> int:
+    """Which of ``fmt``'s layouts (:data:`LAYOUT_DIRS`) ``root`` has: the most complete, else the first."""
+    layouts = LAYOUT_DIRS[fmt]
+    return min(range(len(layouts)), key=lambda i: len(_missing(root, layouts[i])))
+
+
 def missing_layout(fmt: str, root: str | Path) -> list[str]:
-    """The folders of ``fmt``'s official layout that are missing under ``root`` (empty: looks complete)."""
-    return [sub for sub in LAYOUT_DIRS[fmt] if not (Path(root) / sub).is_dir()]
+    """The folders missing under ``root`` from the layout of ``fmt`` it comes closest to (empty: complete)."""
+    return _missing(root, LAYOUT_DIRS[fmt][layout_index(fmt, root)])
+
+
+def layout_folders(fmt: str) -> str:
+    """The folders of every layout of ``fmt`` (what a root is checked for), as "a/, b/ or c/, d/"."""
+    return " or ".join(", ".join(f"{d}/" for d in layout) for layout in LAYOUT_DIRS[fmt])
+
+
+def expected_layout(fmt: str) -> str:
+    """Every layout a root of ``fmt`` may have, as an indented tree for error messages."""
+    trees = ["  " + tree.replace("\n", "\n  ") for tree in EXPECTED_TREES[fmt]]
+    return "\nor\n".join(trees)
 
 
 def _values_text(array: np.ndarray) -> str:
@@ -190,6 +266,15 @@ def inspect_file(job: tuple[str, bool] | tuple[str, bool, str]) -> dict[str, Any
     except Exception as err:  # noqa: BLE001 - any decoder failure is a finding, not a crash
         info["error"] = f"{type(err).__name__}: {err}"
     return info
+
+
+def io_processes(setting: int) -> int:
+    """Processes for decoding and preparing files: ``data.io_workers``, or with 0 one per usable core.
+
+    The cores this process may run on (its affinity), not the machine's: a container or ``taskset``
+    limit is respected.
+    """
+    return setting if setting > 0 else max(1, len(os.sched_getaffinity(0)))
 
 
 def _inspect_all(jobs: list[tuple[str, bool, str]], workers: int, desc: str) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ from dacs_uda.data.formats import (
     read_label_ids,
     to_train_ids,
 )
+from dacs_uda.data.manifest import io_processes
 from dacs_uda.labels import train_id_to_label_id_lut
 from dacs_uda.utils.io import atomic_path, write_text
 
@@ -324,8 +325,10 @@ def prepare_domain(
     return prepared, stats
 
 
-def prepare_data(params: Params, workers: int = 2) -> dict[str, DomainStats]:
-    """Prepare both domains and write their manifests (each atomically, after all files are done)."""
+def prepare_data(params: Params) -> dict[str, DomainStats]:
+    """Prepare both domains (``data.io_workers`` processes) and write their manifests (each
+    atomically, after all files are done)."""
+    workers = io_processes(params.data.io_workers)
     out: dict[str, DomainStats] = {}
     manifests: dict[str, pd.DataFrame] = {}
     for domain in DOMAINS:

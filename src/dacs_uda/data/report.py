@@ -2,9 +2,11 @@
 
 * ``<manifests>/<domain>.csv``: the rows training may use (:meth:`DatasetResult.passed_rows`);
 * the report (Markdown): every check of every dataset, the files that failed and how to fix them,
-  the known defects that only warn and what the pipeline does with each file, and the data version;
-* the metrics (JSON, numbers only): rows per split, failures and warnings per check, success.
-  Lineage is not repeated here: it is recorded once per run, and in checkpoints and ONNX metadata.
+  the pairs ``data.on_bad_pair: skip`` dropped, the reported problems of the real data that only
+  warn and what the pipeline does with each file, and the data version;
+* the metrics (JSON, numbers only): rows per split, failures and warnings per check, pairs dropped by
+  ``data.on_bad_pair: skip`` (the report names them), success. Lineage is not repeated here: it is
+  recorded once per run, and in checkpoints and ONNX metadata.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from dacs_uda.data.validate import DatasetResult
 from dacs_uda.utils.io import write_json, write_text
 
 MAX_REPORTED_FILES = 500  # report table rows; the count of all bad files is always given
+# CheckResult.kind -> the check's result column, and the fix column of non-fatal outcomes.
+STATUS = {"pass": "pass", "warning": "warning", "skipped": "skipped", "fatal": "**FAIL**"}
+WARNING_FIX = "reported problem of the real data: see the warnings"
+SKIPPED_FIX = "dropped (data.on_bad_pair: skip): see the skipped pairs"
 
 
 def summarize(results: list[DatasetResult]) -> dict[str, Any]:
@@ -33,8 +39,9 @@ def summarize(results: list[DatasetResult]) -> dict[str, Any]:
             "bad_files": len(r.bad_files()),
             "warning_files": len(r.warning_files()),
             "manifest_rows": len(r.passed_rows()) if r.success else 0,
-            "failures": {c.check: 0 if c.warning else c.failures for c in r.checks},
+            "failures": {c.check: c.failures if c.fatal else 0 for c in r.checks},
             "warnings": {c.check: c.failures for c in r.checks if c.warning},
+            "skipped_pairs": len(r.skipped_rows()),
         }
     return summary
 
@@ -52,47 +59,60 @@ def _report_dataset(r: DatasetResult) -> list[str]:
     lines = [
         f"## {r.name} ({r.fmt}, `{r.root}`): {'PASS' if r.success else 'FAIL'}",
         "",
-        f"Rows per split: {counts} (expected: {', '.join(f'{k}: {v}' for k, v in r.expected.items())}).",
+        f"Rows per split: {counts} (expected: {', '.join(f'{k}: {v}' for k, v in r.expected.items())})."
+        + _skipped_note(r),
         "",
         "| expectation | result | failures | detail | how to fix |",
         "|---|---|---|---|---|",
     ]
     for c in r.checks:
-        fix = (
-            ""
-            if c.success
-            else ("known defect of the official data: see the warnings" if c.warning else c.fix)
-        )
-        status = "pass" if c.success else ("warning" if c.warning else "**FAIL**")
+        status = STATUS[c.kind]
+        fix = {"pass": "", "warning": WARNING_FIX, "skipped": SKIPPED_FIX}.get(c.kind, c.fix)
         lines.append(
             f"| {_md_cell(c.check)} | {status} | {c.failures} | {_md_cell(c.detail)} | {_md_cell(fix)} |"
         )
     bad = r.bad_files()
-    if bad:
-        lines += ["", f"### Bad files ({len(bad)})", "", "| file | problem | how to fix |", "|---|---|---|"]
-        lines += [
-            f"| `{_md_cell(f)}` | {_md_cell(p)} | {_md_cell(x)} |" for f, p, x in bad[:MAX_REPORTED_FILES]
-        ]
-        if len(bad) > MAX_REPORTED_FILES:
-            lines.append(f"\n... and {len(bad) - MAX_REPORTED_FILES} more.")
-    warned = r.warning_files()
-    if warned:
-        lines += [
-            "",
-            f"### Warnings: known defects of the official {FORMATS[r.fmt].title} data "
-            f"({len(warned)} file{'s' if len(warned) != 1 else ''})",
-            "",
-            "Not fatal. Each file is listed with what the pipeline does with it.",
-            "",
-            "| file | problem | outcome |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| `{_md_cell(f)}` | {_md_cell(p)} | {_md_cell(x)} |" for f, p, x in warned[:MAX_REPORTED_FILES]
-        ]
-        if len(warned) > MAX_REPORTED_FILES:
-            lines.append(f"\n... and {len(warned) - MAX_REPORTED_FILES} more.")
+    lines += _file_table(f"Bad files ({len(bad)})", "", "how to fix", bad)
+    lines += _file_table(
+        f"Skipped pairs ({len(r.skipped_rows())}, data.on_bad_pair: skip)",
+        "Dropped from the manifest: training never sees them. Each is named by its bad file.",
+        "outcome",
+        r.skipped_files(),
+    )
+    lines += _file_table(
+        f"Warnings: reported problems of the {FORMATS[r.fmt].title} data ({_files_count(r.warning_files())})",
+        "Not fatal. Each file is listed with what the pipeline does with it.",
+        "outcome",
+        r.warning_files(),
+    )
     return lines + [""]
+
+
+def _skipped_note(r: DatasetResult) -> str:
+    """How many pairs ``skip`` dropped and how many the manifest keeps ("" when none was dropped)."""
+    dropped = len(r.skipped_rows())
+    if not dropped:
+        return ""
+    kept = len(r.passed_rows())
+    return f" The counts include {dropped} skipped pair{'s' if dropped != 1 else ''}; {kept} rows are kept."
+
+
+def _files_count(files: list[tuple[str, str, str]]) -> str:
+    return f"{len(files)} file{'s' if len(files) != 1 else ''}"
+
+
+def _file_table(title: str, note: str, last: str, files: list[tuple[str, str, str]]) -> list[str]:
+    """A report section listing (file, problem, ``last``) rows, up to :data:`MAX_REPORTED_FILES`."""
+    if not files:
+        return []
+    lines = ["", f"### {title}", ""] + ([note, ""] if note else [])
+    lines += [f"| file | problem | {last} |", "|---|---|---|"]
+    lines += [
+        f"| `{_md_cell(f)}` | {_md_cell(p)} | {_md_cell(x)} |" for f, p, x in files[:MAX_REPORTED_FILES]
+    ]
+    if len(files) > MAX_REPORTED_FILES:
+        lines.append(f"\n... and {len(files) - MAX_REPORTED_FILES} more.")
+    return lines
 
 
 def render_report(

@@ -11,7 +11,7 @@ named by ``data.checksums`` (``sha256sum``/``md5sum`` format, see :func:`dacs_ud
   checksums are the interface the official ``csDownload`` tool (cityscapesScripts) uses; the MD5
   each package has is fetched from the site at download time and verified.
 * SYNTHIA-RAND-CITYSCAPES (Ros et al. 2016): one RAR archive from the SYNTHIA site; no published
-  checksum. Python cannot read RAR: extracting needs ``bsdtar``, ``unrar`` or ``7z`` on the PATH.
+  checksum. Python cannot read RAR: extracting needs ``bsdtar`` (libarchive-tools) on the PATH.
 """
 
 from __future__ import annotations

@@ -5,11 +5,14 @@ expectations (:func:`build_suite`) runs over the manifest table: files readable,
 image size equal to label size, label mode and ids, RGB(A) images, unique paths, rows per split
 (the official counts for real data: GTA5 24,966, SYNTHIA 9,400, Cityscapes 2,975 + 500).
 
-Known defects of the official releases (:data:`dacs_uda.data.formats.GTA5_KNOWN_DEFECTS`: GTA5 frames
-whose image and label sizes differ, missing pairs) are *warnings*: listed by file in the report and
+Reported problems of the GTA5 data (:data:`dacs_uda.data.formats.GTA5_KNOWN_DEFECTS`: frames whose
+image and label sizes differ, missing pairs) are *warnings*: listed by file in the report and
 counted in the metrics, never silently dropped. A row without a label or image is left out of the
 manifest; a size mismatch is kept (``prepare`` resizes image and label to the same size, as the
-official loader does). Every other failed check fails the dataset.
+official loader does). Every other failed check fails the dataset, unless ``data.on_bad_pair`` is
+``skip``: then the pairs that fail a per-pair check are dropped from the manifest and listed, and only
+dropping more than ``data.max_bad_fraction`` of a dataset's pairs fails it. The row-count checks count
+the pairs found on disk, dropped ones included, so a skipped pair is never mistaken for a missing one.
 
 The outcome of every check is a :class:`DatasetResult`; what is written from it (manifests, report,
 metrics) is :mod:`dacs_uda.data.report`'s job.
@@ -33,7 +36,7 @@ from great_expectations.expectations.row_conditions import Column
 
 from dacs_uda.config import DOMAINS, DataConfig, DomainConfig
 from dacs_uda.data.formats import FORMATS
-from dacs_uda.data.manifest import build_manifest
+from dacs_uda.data.manifest import build_manifest, io_processes
 from dacs_uda.data.version import data_version
 from dacs_uda.labels import MAX_LABEL_ID
 from dacs_uda.lineage import UNKNOWN
@@ -46,9 +49,17 @@ OFFICIAL_COUNTS: dict[str, dict[str, int]] = {name: dict(f.counts) for name, f i
 FIX_REGENERATE = "regenerate with `dvc repro -f data` (real data: re-extract the official archive)"
 FIX_ROOT = "check the dataset root and format in params.yaml, then `dvc repro -f data`"
 FIX_COUNTS = FIX_ROOT + "; a deliberate subset of a real dataset needs its counts in `data.<domain>.counts`"
-# What happens to a row that only triggers a warning (a known defect of the official data).
+# What happens to a row that only triggers a warning (a reported problem of the real data).
 KEPT_RESIZED = "kept: prepare resizes image and label to the same size (as the official loader)"
 DROPPED = "left out of the manifest"
+SKIPPED = "dropped from the manifest (data.on_bad_pair: skip)"
+# Checks about the table, not one pair: `skip` never drops rows for them.
+UNSKIPPABLE = frozenset({"unique image paths", "known splits"})
+BAD_FRACTION_CHECK = "dropped pairs within data.max_bad_fraction"
+FIX_BAD_FRACTION = (
+    "too many pairs are bad to drop them: re-extract or re-download the dataset (see the skipped files), "
+    "or raise `data.max_bad_fraction` if losing them is acceptable"
+)
 
 
 def label_values_regex(max_id: int) -> str:
@@ -94,8 +105,8 @@ def _check_name(expectation: gxe.Expectation) -> str:
 def _file_expectations(fmt: str = "gta5", known_defects: bool = False) -> list[gxe.Expectation]:
     """Per-row expectations: presence, decodability, modes, label ids, sizes, uniqueness.
 
-    With ``known_defects`` (real data), checks named in the format's ``warn_only`` (known defects of
-    the official release) get severity ``warning``: reported, but they do not fail the stage. The
+    With ``known_defects`` (real data), checks named in the format's ``warn_only`` (problems reported
+    for copies of the real data) get severity ``warning``: reported, but they do not fail the stage. The
     embedded pair is generated, so there every check is fatal.
     """
     spec = FORMATS[fmt]
@@ -173,8 +184,8 @@ def build_suite(
     Args:
         name: Suite name.
         expected: Split -> expected number of rows (see :func:`expected_counts`).
-        fmt: Dataset format (label modes and ids, known defects).
-        known_defects: Let the format's known defects only warn (real data).
+        fmt: Dataset format (label modes and ids, reported problems that only warn).
+        known_defects: Let the format's reported problems (``warn_only``) only warn (real data).
 
     Returns:
         A suite whose expectations carry ``meta`` = {check, side, fix} for the report.
@@ -215,12 +226,20 @@ class CheckResult:
     side: str
     fix: str
     detail: str = ""  # observed vs expected, for table checks
-    warning: bool = False  # a known defect of the official data: reported, never fatal
+    warning: bool = False  # a reported problem of the real data: listed, never fatal
+    skipped: bool = False  # data.on_bad_pair skip: the failing rows are dropped, not fatal
 
     @property
     def fatal(self) -> bool:
         """Whether this outcome fails the dataset."""
-        return not self.success and not self.warning
+        return self.kind == "fatal"
+
+    @property
+    def kind(self) -> str:
+        """``pass``, ``warning``, ``skipped`` or ``fatal``: how the failing rows are treated."""
+        if self.success:
+            return "pass"
+        return "warning" if self.warning else "skipped" if self.skipped else "fatal"
 
 
 @dataclass
@@ -245,24 +264,33 @@ class DatasetResult:
         assert isinstance(row, pd.Series), f"manifest index {index} is not unique"
         return row
 
-    def _files(self, warnings: bool) -> list[tuple[str, str, str]]:
+    def _files(self, kind: str) -> list[tuple[str, str, str]]:
+        """(file, problem, fix or outcome) of the rows failing checks of ``kind`` (``CheckResult.kind``)."""
         found: dict[tuple[str, str], str] = {}
         for check in self.checks:
-            if check.warning != warnings:
+            if check.kind != kind:
                 continue
             for index in check.rows:
                 row = self.row(index)
-                outcome = check.fix if not warnings else _warning_outcome(row)
+                outcome = {"fatal": check.fix, "warning": _warning_outcome(row), "skipped": SKIPPED}[kind]
                 found.setdefault((blamed_file(row, check.side), describe_problem(row, check)), outcome)
         return [(file, problem, fix) for (file, problem), fix in found.items()]
 
     def bad_files(self) -> list[tuple[str, str, str]]:
         """(file, problem, fix) for every row failing a fatal check, without repeats."""
-        return self._files(warnings=False)
+        return self._files("fatal")
 
     def warning_files(self) -> list[tuple[str, str, str]]:
-        """(file, problem, what the pipeline does with it) for every row with a known defect."""
-        return self._files(warnings=True)
+        """(file, problem, what the pipeline does with it) for every row with a reported problem."""
+        return self._files("warning")
+
+    def skipped_files(self) -> list[tuple[str, str, str]]:
+        """(file, problem, outcome) for every pair dropped by ``data.on_bad_pair: skip``."""
+        return self._files("skipped")
+
+    def skipped_rows(self) -> set[int]:
+        """Manifest index of every pair dropped by ``data.on_bad_pair: skip``."""
+        return {index for check in self.checks if check.skipped for index in check.rows}
 
     def passed_rows(self) -> pd.DataFrame:
         """Manifest rows usable for training: none blamed by a fatal check, none missing a side.
@@ -285,7 +313,7 @@ class DatasetResult:
 
 
 def _warning_outcome(row: pd.Series) -> str:
-    """What the pipeline does with a row that has a known defect."""
+    """What the pipeline does with a row that has a reported problem of the real data."""
     return DROPPED if row["image"] == "" or row["label"] == "" else KEPT_RESIZED
 
 
@@ -367,6 +395,28 @@ def run_suite(manifest: pd.DataFrame, suite: gx.ExpectationSuite) -> Expectation
     return definition.run(batch_parameters={"dataframe": ge_frame(manifest)}, result_format="COMPLETE")
 
 
+def skip_bad_pairs(checks: list[CheckResult], rows: int, max_bad_fraction: float) -> list[CheckResult]:
+    """``data.on_bad_pair: skip``: mark every failed per-pair check as skipped, and add the check that
+    fails the dataset when the dropped pairs are more than ``max_bad_fraction`` of its ``rows``."""
+    for check in checks:
+        if check.side != "table" and check.check not in UNSKIPPABLE and not check.warning:
+            check.skipped = not check.success
+    dropped = len({index for check in checks if check.skipped for index in check.rows})
+    allowed = int(max_bad_fraction * rows)  # floor: the fraction is a ceiling, never rounded up
+    return [
+        *checks,
+        CheckResult(
+            check=BAD_FRACTION_CHECK,
+            success=dropped <= allowed,
+            failures=0 if dropped <= allowed else 1,
+            rows=[],
+            side="table",
+            fix=FIX_BAD_FRACTION,
+            detail=f"dropped {dropped} of {rows} pairs, at most {allowed} allowed ({max_bad_fraction:g})",
+        ),
+    ]
+
+
 def validate_dataset(
     name: str,
     fmt: str,
@@ -374,6 +424,7 @@ def validate_dataset(
     manifest: pd.DataFrame,
     expected: dict[str, int],
     known_defects: bool = False,
+    max_bad_fraction: float | None = None,
 ) -> DatasetResult:
     """Run the suite on one manifest.
 
@@ -383,7 +434,9 @@ def validate_dataset(
         root: Dataset root the manifest was built from.
         manifest: Output of :func:`~dacs_uda.data.manifest.build_manifest`.
         expected: Split -> expected number of rows.
-        known_defects: Real data: the format's known defects only warn (see :func:`build_suite`).
+        known_defects: Real data: the format's reported problems only warn (see :func:`build_suite`).
+        max_bad_fraction: None (``data.on_bad_pair: fail``): every failed check is fatal. A share of
+            the rows (``skip``): pairs failing a per-pair check are dropped (:func:`skip_bad_pairs`).
 
     Returns:
         The per-check outcome, in suite order.
@@ -392,26 +445,29 @@ def validate_dataset(
     order = [_check_name(e) for e in suite.expectations]
     outcome = run_suite(manifest, suite)
     checks = sorted((_check_result(r) for r in outcome.results), key=lambda c: order.index(c.check))
+    if max_bad_fraction is not None:
+        checks = skip_bad_pairs(checks, len(manifest), max_bad_fraction)
     return DatasetResult(name, fmt, str(root), manifest, dict(expected), checks)
 
 
-def validate_data(data: DataConfig, workers: int = 2) -> list[DatasetResult]:
-    """Build the manifest of each domain and validate it.
+def validate_data(data: DataConfig) -> list[DatasetResult]:
+    """Build the manifest of each domain (``data.io_workers`` processes) and validate it.
 
     Args:
         data: The ``data`` section of the params.
-        workers: Decoding processes.
 
     Returns:
         One result per domain ("source", "target").
     """
     results = []
+    workers = io_processes(data.io_workers)
+    skip = data.max_bad_fraction if data.on_bad_pair == "skip" else None
     for name in DOMAINS:
         domain: DomainConfig = getattr(data, name)
         manifest = build_manifest(domain.format, Path(domain.root), workers)
         expected = expected_counts(data, name)
         real = data.pair != "embedded"
-        results.append(validate_dataset(name, domain.format, domain.root, manifest, expected, real))
+        results.append(validate_dataset(name, domain.format, domain.root, manifest, expected, real, skip))
     return results
 
 

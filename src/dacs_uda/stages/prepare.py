@@ -10,7 +10,6 @@ files, when something cannot be prepared. The work is :mod:`dacs_uda.data.prepar
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from dacs_uda.config import ConfigError, load_params
@@ -26,7 +25,7 @@ def main() -> int:
     start = time.perf_counter()
     try:
         params = load_params()
-        stats = prepare_data(params, workers=min(8, os.cpu_count() or 1))
+        stats = prepare_data(params)
     except (ConfigError, FileNotFoundError, ValueError, PrepareError) as err:
         log.error("prepare: %s", err)
         return 1

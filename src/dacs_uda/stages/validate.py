@@ -4,14 +4,14 @@ Reads ``params.yaml`` (``data.*``) and the dataset roots ``data.source.root`` an
 ``data.target.root``. Writes ``<data.manifests>/source.csv`` and ``target.csv`` (only when *both*
 datasets pass, so later stages never see a half-valid dataset), ``reports/validation.md`` (what
 failed, which files, how to fix; the data version) and ``metrics/validation.json`` (numbers only).
-On failure it exits 1 and ``dvc repro`` stops. The checks are :mod:`dacs_uda.data.validate`'s, the
-writing :mod:`dacs_uda.data.report`'s.
+With ``data.on_bad_pair: skip`` the pairs that fail a per-pair check are dropped (and listed) instead,
+up to ``data.max_bad_fraction`` of a dataset. On failure it exits 1 and ``dvc repro`` stops. The
+checks are :mod:`dacs_uda.data.validate`'s, the writing :mod:`dacs_uda.data.report`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -33,7 +33,7 @@ def main() -> int:
     start = time.perf_counter()
     try:
         params = load_params()
-        results = validate_data(params.data, workers=min(8, os.cpu_count() or 1))
+        results = validate_data(params.data)
     except (ConfigError, FileNotFoundError) as err:
         log.error("validate: %s", err)
         return 1
