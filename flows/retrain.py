@@ -5,16 +5,22 @@ invalidate, records the experiment (``dvc exp show``) and leaves its params, met
 workspace, where this flow reads them. The candidate is the ``dacs`` model of ``metrics/eval.json``; the
 deployed model lives in ``deployed_dir`` (``model.onnx`` + ``deployed.json``). The candidate replaces it
 when its target mIoU is >= the deployed one's (or nothing is deployed) and its ONNX lineage is complete.
+A promotion also registers the experiment's commit as the next version of the named DVC artifact
+(``artifacts:`` in ``dvc.yaml``) and assigns it the ``prod`` stage, with annotated Git tags in the format
+of DVC's model registry (GTO): ``<artifact>@v<N>.0.0`` and ``<artifact>#<stage>#<counter>``, so
+``dvc artifacts get . <artifact> --stage prod`` fetches the promoted file.
 Every decision is appended to ``deployed_dir/decisions.jsonl`` and published as a markdown artifact.
 
 No stage is imported: DVC runs the stages, the flow only reads their outputs. The lineage rule (which keys
 a promoted model must carry) and the atomic writer are the package's own (``dacs_uda.lineage``,
-``dacs_uda.utils.io``).
+``dacs_uda.utils.io``); DVC's own API reads ``dvc.yaml``'s artifacts (paths resolved from params), and
+git writes the tags.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from dvc.repo import Repo
 from prefect import flow, task
 from prefect.context import FlowRunContext
 
@@ -49,10 +56,18 @@ DEPLOYED_DIR = "models/deployed"
 DEPLOYED_MODEL = "model.onnx"
 DEPLOYED_RECORD = "deployed.json"
 DECISION_LOG = "decisions.jsonl"
+ARTIFACT = "dacs-onnx"  # the fp32 model in dvc.yaml's `artifacts:`
+STAGE = "prod"
+# GTO's rule for artifact and stage names: tags with any other name are invisible to `dvc artifacts get`.
+REGISTRY_NAME = re.compile(r"[a-z0-9]([a-z0-9-/]*[a-z0-9])?")
 
 
 class LineageIncomplete(ValueError):
     """The candidate ONNX file does not say where it came from: it must not be deployed."""
+
+
+class RegistryError(RuntimeError):
+    """The candidate cannot be registered as the named DVC artifact: nothing is promoted."""
 
 
 def _run_experiment(overrides: dict[str, Any] | None, name: str, repo: str) -> None:
@@ -153,6 +168,118 @@ def _promote(model: str, deployed_dir: str, record: dict[str, Any]) -> dict[str,
 promote = task(_promote, name="promote-model")
 
 
+def check_registry_name(kind: str, name: str) -> None:
+    """Fail on a name the model registry cannot hold (GTO's rule: lowercase letters, digits, ``-``, ``/``).
+
+    Raises:
+        RegistryError: Naming ``kind`` (``artifact`` or ``stage``) and the rule.
+    """
+    if not REGISTRY_NAME.fullmatch(name):
+        raise RegistryError(
+            f"{kind} {name!r}: use lowercase letters, digits, '-' and '/', starting and ending with a "
+            "letter or digit (the model registry's rule for names)"
+        )
+
+
+def declared_artifact(repo: str | Path, name: str) -> str:
+    """The path that ``dvc.yaml``'s ``artifacts:`` gives ``name``, ``${...}`` resolved by DVC from params.
+
+    Raises:
+        RegistryError: If the root ``dvc.yaml`` declares no artifact ``name``.
+    """
+    with Repo(str(repo)) as dvc_repo:
+        declared = dvc_repo.artifacts.read().get("dvc.yaml", {})
+    if name not in declared:
+        raise RegistryError(
+            f"{Path(repo) / 'dvc.yaml'} declares no artifact {name!r} (declared: {sorted(declared)}): "
+            "add it under `artifacts:` or pass the flow another `artifact`"
+        )
+    return declared[name].path
+
+
+def _git(repo: str | Path, *args: str) -> str:
+    return common.read_command(["git", *args], Path(repo)).strip()
+
+
+def experiment_commit(repo: str | Path, experiment: str) -> str:
+    """The commit in which ``dvc exp run -n <experiment>`` recorded its params, ``dvc.lock`` and metrics.
+
+    DVC keeps it at ``refs/exps/<baseline[:2]>/<baseline[2:]>/<experiment>``, the baseline being HEAD.
+
+    Raises:
+        RegistryError: If there is no such experiment on top of HEAD.
+    """
+    head = _git(repo, "rev-parse", "HEAD")
+    ref = f"refs/exps/{head[:2]}/{head[2:]}/{experiment}"
+    commit = _git(repo, "for-each-ref", "--format=%(objectname)", ref)
+    if not commit:
+        raise RegistryError(
+            f"{repo}: no experiment {experiment!r} on top of {head[:7]} ({ref} is missing; "
+            "`dvc exp show` lists the recorded ones)"
+        )
+    return commit
+
+
+def next_tags(repo: str | Path, artifact: str, stage: str) -> tuple[str, str]:
+    """The next version tag and stage tag of ``artifact``, numbered as GTO numbers them.
+
+    The version is one major above the highest registered (``v1.0.0``, ``v2.0.0``, ...: GTO needs
+    SemVer); the stage tag's counter is one above the highest counter among the artifact's tags.
+    """
+    tags = _git(repo, "tag", "--list", f"{artifact}@*", f"{artifact}#*").split()
+    majors = [int(m[1]) for tag in tags if (m := re.match(rf"{re.escape(artifact)}@v(\d+)\.", tag))]
+    counters = [int(m[1]) for tag in tags if (m := re.search(r"#(\d+)$", tag))]
+    version = f"v{max(majors, default=0) + 1}.0.0"
+    return f"{artifact}@{version}", f"{artifact}#{stage}#{max(counters, default=0) + 1}"
+
+
+def _register(repo: str, artifact: str, stage: str, experiment: str, model: str, note: str) -> dict[str, str]:
+    """Register the experiment's commit as the next version of ``artifact`` and assign it ``stage``.
+
+    Two annotated tags on that commit (``dvc artifacts get``, ``gto show`` and DVC Studio read them),
+    written before the deployed copy changes, so a failure here leaves the deployed model as it was
+    (a version tag written without its stage tag is a registered version that no stage points to).
+
+    Args:
+        repo: The DVC repository root.
+        artifact: The artifact's name in ``dvc.yaml``; it must be declared at ``model``.
+        stage: The stage to assign, e.g. ``prod``.
+        experiment: The ``dvc exp run`` name whose commit holds the candidate.
+        model: The candidate's path relative to ``repo`` (``export.onnx``).
+        note: Appended to the tag messages (what the version scored).
+
+    Returns:
+        ``artifact``, ``version``, ``version_tag``, ``stage``, ``stage_tag`` and ``commit``.
+
+    Raises:
+        RegistryError: If the artifact is declared at another path or the experiment has no commit.
+        CommandFailed: If git cannot write a tag (e.g. no ``user.name``/``user.email`` configured).
+    """
+    declared = declared_artifact(repo, artifact)
+    if Path(declared) != Path(model):
+        raise RegistryError(
+            f"dvc.yaml's artifact {artifact!r} is {declared}, but the candidate is {model} (export.onnx): "
+            "declare the artifact at the exported model's path"
+        )
+    commit = experiment_commit(repo, experiment)
+    version_tag, stage_tag = next_tags(repo, artifact, stage)
+    version = version_tag.split("@", 1)[1]
+    _git(repo, "tag", "-a", version_tag, "-m", f"{artifact} {version}: {note}", commit)
+    _git(repo, "tag", "-a", stage_tag, "-m", f"{artifact} {version} to {stage}: {note}", commit)
+    logger().info("registered %s and %s on %s (experiment %s)", version_tag, stage_tag, commit, experiment)
+    return {
+        "artifact": artifact,
+        "version": version,
+        "version_tag": version_tag,
+        "stage": stage,
+        "stage_tag": stage_tag,
+        "commit": commit,
+    }
+
+
+register = task(_register, name="register-artifact")
+
+
 def append_decision(deployed_dir: Path, decision: Mapping[str, Any]) -> Path:
     """Append one decision as a JSON line to ``deployed_dir/decisions.jsonl`` (the audit trail)."""
     deployed_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +298,7 @@ def build_report(decision: Mapping[str, Any], metrics: Mapping[str, Any] | None,
         ["candidate mIoU (dacs)", decision["candidate_mIoU"]],
         ["deployed mIoU", decision["deployed_mIoU"]],
         ["experiment", decision["experiment"]],
+        ["registered", _registered(decision["registered"])],
         ["overrides", " ".join(override_args(decision["overrides"])) or "-"],
     ]
     lineage = [[key, decision["lineage"].get(key)] for key in sorted(decision["lineage"])]
@@ -180,6 +308,12 @@ def build_report(decision: Mapping[str, Any], metrics: Mapping[str, Any] | None,
     lines += ["## Candidate lineage (ONNX metadata)", "", *markdown_table(["key", "value"], lineage), ""]
     lines += context_section(params, decision["git_revision"])
     return "\n".join(lines) + "\n"
+
+
+def _registered(registry: Mapping[str, str] | None) -> str:
+    if registry is None:
+        return "-"
+    return f"{registry['version_tag']} ({registry['stage_tag']}, commit {registry['commit'][:12]})"
 
 
 def _flow_run_id() -> str | None:
@@ -193,6 +327,8 @@ def dacs_retrain(
     deployed_dir: str = DEPLOYED_DIR,
     experiment_name: str | None = None,
     repo: str = ".",
+    artifact: str = ARTIFACT,
+    stage: str = STAGE,
 ) -> dict[str, Any]:
     """Retrain with ``overrides`` as a DVC experiment and promote the ONNX model if it is no worse.
 
@@ -201,17 +337,25 @@ def dacs_retrain(
         deployed_dir: The deployed model's directory (relative to ``repo`` unless absolute).
         experiment_name: DVC experiment name (unique); default ``retrain-<UTC timestamp>``.
         repo: The DVC repository root.
+        artifact: The DVC artifact (``artifacts:`` in ``dvc.yaml``) a promotion registers a version of.
+        stage: The stage a promoted version is assigned.
 
     Returns:
         The decision, as appended to the decision log.
 
     Raises:
+        RegistryError: Before training, if ``artifact`` or ``stage`` is not a valid registry name or
+            ``dvc.yaml`` declares no such artifact; after it, if the artifact is not the candidate's file.
         CommandFailed: If ``dvc exp run`` fails (nothing is promoted nor logged).
     """
     log = logger()
     now = datetime.now(UTC)
     name = experiment_name or f"retrain-{now:%Y%m%d-%H%M%S}"
     target_dir = Path(repo) / deployed_dir
+    # Checked before hours of training, not after: a promotion could not register the model.
+    check_registry_name("artifact", artifact)
+    check_registry_name("stage", stage)
+    declared_artifact(repo, artifact)
     common.run_task(run_experiment, overrides, name, repo)
 
     candidate = read_candidate(repo)
@@ -229,8 +373,12 @@ def dacs_retrain(
         "lineage": candidate["lineage"],
         "git_revision": git_revision(repo),
         "flow_run_id": _flow_run_id(),
+        "registered": None,
     }
     if promoted:
+        note = f"experiment {name}, {CANDIDATE_MODEL} mIoU {candidate['mIoU']:g}"
+        model = onnx_path(read_params(repo))
+        decision["registered"] = common.run_task(register, repo, artifact, stage, name, model, note)
         record = {
             "mIoU": candidate["mIoU"],
             "metrics": model_metrics(candidate["metrics"]),
@@ -239,6 +387,7 @@ def dacs_retrain(
             "experiment": name,
             "overrides": decision["overrides"],
             "source": candidate["model"],
+            "registered": decision["registered"],
         }
         common.run_task(promote, candidate["model"], str(target_dir), record)
     log.info("%s (log: %s)", reason, append_decision(target_dir, decision))

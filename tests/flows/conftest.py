@@ -110,18 +110,33 @@ TOY_STAGE = textwrap.dedent(
     write_onnx(Path("models/dacs.onnx"), lineage)
     """
 ).replace("REPO_ROOT", repr(str(REPO_ROOT)))
-TOY_DVC_YAML = textwrap.dedent(
+# The models the retrain flow can register, declared as the project's dvc.yaml declares its own.
+TOY_ARTIFACTS = textwrap.dedent(
     """\
-    stages:
-      toy:
-        cmd: python toy_stage.py
-        deps: [toy_stage.py]
-        params: [seed, base_miou, data_version, adapt.pseudo_threshold]
-        outs: [models/dacs.onnx]
-        metrics:
-          - metrics/eval.json:
-              cache: false
+    artifacts:
+      dacs-onnx:
+        path: ${export.onnx}
+        type: model
+      dacs-onnx-fp16:
+        path: models/dacs_fp16.onnx
+        type: model
     """
+)
+TOY_DVC_YAML = (
+    textwrap.dedent(
+        """\
+        stages:
+          toy:
+            cmd: python toy_stage.py
+            deps: [toy_stage.py]
+            params: [seed, base_miou, data_version, adapt.pseudo_threshold]
+            outs: [models/dacs.onnx]
+            metrics:
+              - metrics/eval.json:
+                  cache: false
+        """
+    )
+    + TOY_ARTIFACTS
 )
 TOY_PARAMS = {
     "seed": 0,
@@ -138,20 +153,27 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
-@pytest.fixture
-def toy_repo(tmp_path: Path) -> Path:
-    """A committed git + DVC repo whose one stage writes metrics/eval.json and models/dacs.onnx in ~1 s."""
+def commit_git_dvc_repo(root: Path, dvc_yaml: str) -> Path:
+    """Make ``root`` (holding its files) a git + DVC repo with ``dvc_yaml`` and TOY_PARAMS, all committed."""
     if shutil.which("git") is None:
         pytest.skip("needs git")
-    root = tmp_path / "toy"
-    root.mkdir()
-    (root / "toy_stage.py").write_text(TOY_STAGE)
+    from dvc.repo import Repo
+
     (root / "params.yaml").write_text(yaml.safe_dump(TOY_PARAMS, sort_keys=False))
-    (root / "dvc.yaml").write_text(TOY_DVC_YAML)
+    (root / "dvc.yaml").write_text(dvc_yaml)
     git(root, "init", "-q")
     git(root, "config", "user.email", "flows@test")
     git(root, "config", "user.name", "flow tests")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    Repo.init(str(root)).close()
     git(root, "add", "-A")
     git(root, "commit", "-qm", "toy pipeline")
     return root
+
+
+@pytest.fixture
+def toy_repo(tmp_path: Path) -> Path:
+    """A committed git + DVC repo whose one stage writes metrics/eval.json and models/dacs.onnx in ~1 s."""
+    root = tmp_path / "toy"
+    root.mkdir()
+    (root / "toy_stage.py").write_text(TOY_STAGE)
+    return commit_git_dvc_repo(root, TOY_DVC_YAML)

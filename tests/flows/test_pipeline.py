@@ -78,9 +78,9 @@ def test_all_stages_run_in_dvc_yaml_order(fake: FakeRunner, repo: Path) -> None:
 
 
 def test_subset_keeps_pipeline_order(fake: FakeRunner, repo: Path) -> None:
-    summary = dacs_pipeline.fn(stages=["export", "adapt", "data"], repo=str(repo))
-    assert fake.stages == ["data", "adapt", "export"]
-    assert list(summary) == ["data", "adapt", "export"]
+    summary = dacs_pipeline.fn(stages=["export", "train", "data"], repo=str(repo))
+    assert fake.stages == ["data", "train", "export"]
+    assert list(summary) == ["data", "train", "export"]
 
 
 def test_unknown_stage_is_rejected_before_anything_runs(fake: FakeRunner, repo: Path) -> None:
@@ -98,11 +98,11 @@ def test_force_passes_force(fake: FakeRunner, repo: Path) -> None:
 
 
 def test_failing_stage_raises_and_stops_later_stages(fake: FakeRunner, repo: Path) -> None:
-    fake.fail = {"pretrain": 2}
-    with pytest.raises(StageFailed, match=r"'pretrain'.*exited with code 2") as err:
+    fake.fail = {"train": 2}
+    with pytest.raises(StageFailed, match=r"'train'.*exited with code 2") as err:
         dacs_pipeline.fn(repo=str(repo))
-    assert (err.value.stage, err.value.returncode) == ("pretrain", 2)
-    assert fake.stages == ["data", "validate", "prepare", "pretrain"]
+    assert (err.value.stage, err.value.returncode) == ("train", 2)
+    assert fake.stages == ["data", "validate", "prepare", "train"]
 
 
 def test_output_lines_are_logged_as_they_arrive(
@@ -117,9 +117,9 @@ def test_output_lines_are_logged_as_they_arrive(
 
     monkeypatch.setattr(common, "run_command", runner)
     with caplog.at_level(logging.INFO, logger="dacs_uda.flows"):
-        dacs_pipeline.fn(stages=["adapt"], repo=str(repo))
+        dacs_pipeline.fn(stages=["train"], repo=str(repo))
     assert seen_before_exit == [True]
-    assert any(r.getMessage() == "[adapt] step 1 loss 0.9" for r in caplog.records)
+    assert any(r.getMessage() == "[train] step 1 loss 0.9" for r in caplog.records)
 
 
 def test_only_the_data_stage_retries() -> None:
@@ -201,12 +201,12 @@ def test_flow_run_end_to_end(prefect_server, fake: FakeRunner, repo: Path) -> No
 def test_flow_run_failure_does_not_retry_training(prefect_server, fake: FakeRunner, repo: Path) -> None:
     from prefect.artifacts import Artifact
 
-    fake.fail = {"adapt": 1}
-    state = dacs_pipeline(stages=["adapt", "evaluate"], repo=str(repo), return_state=True)
+    fake.fail = {"train": 1}
+    state = dacs_pipeline(stages=["train", "evaluate"], repo=str(repo), return_state=True)
     assert state.is_failed()
-    with pytest.raises(StageFailed, match="'adapt'"):
+    with pytest.raises(StageFailed, match="'train'"):
         state.result()
-    assert fake.stages == ["adapt"]  # once: no retry, and evaluate never ran
+    assert fake.stages == ["train"]  # once: no retry, and evaluate never ran
     artifact = Artifact.get(pipeline.ARTIFACT_KEY)
     assert artifact.flow_run_id == state.state_details.flow_run_id
-    assert "| adapt |" in artifact.data and "FAILED" in artifact.data
+    assert "| train |" in artifact.data and "FAILED" in artifact.data

@@ -33,13 +33,17 @@ EVAL_ONNX_STAGE = textwrap.dedent(
     Path("metrics/eval_onnx.json").write_text(json.dumps({"onnx_sha256": digest}))
     """
 )
-NIGHTLY_DVC_YAML = TOY_DVC_YAML.replace("  toy:\n", "  evaluate:\n") + (
+EVAL_ONNX_DVC_STAGE = (
     "  evaluate_onnx:\n"
     "    cmd: python eval_onnx_stage.py\n"
     "    deps: [eval_onnx_stage.py, models/dacs.onnx]\n"
     "    metrics:\n"
     "      - metrics/eval_onnx.json:\n"
     "          cache: false\n"
+)
+# The stage goes at the end of `stages:`, before the toy repo's `artifacts:` block.
+NIGHTLY_DVC_YAML = TOY_DVC_YAML.replace("  toy:\n", "  evaluate:\n").replace(
+    "artifacts:\n", EVAL_ONNX_DVC_STAGE + "artifacts:\n"
 )
 
 
