@@ -2,8 +2,10 @@
 
 ``dacs-uda predict IMAGES_OR_FOLDERS --model models/dacs.onnx --out DIR`` segments images with an
 exported ONNX model (ONNX Runtime, CUDA when available, no PyTorch); ``dacs-uda info MODEL`` prints
-what the model file says about itself. Exit codes: 0 every image done, 1 some images failed (the
-others are still written), 2 nothing could run (bad arguments, missing or unreadable model).
+what the model file says about itself; ``dacs-uda plan -S experiment=dacs_gta5`` is the dry run of an
+experiment (resolved params, stages, missing inputs, projected wall time). Exit codes: 0 every image
+done, 1 some images failed (the others are still written), 2 nothing could run (bad arguments, missing
+or unreadable model).
 """
 
 from __future__ import annotations
@@ -104,6 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("model")
     info.set_defaults(run=run_info)
+
+    plan = commands.add_parser(
+        "plan",
+        help="dry run of an experiment: resolved params, stages, missing inputs, projected time",
+        description="Compose the params as `dvc exp run -S ...` would (nothing is written), list the "
+        "stages it runs and the inputs still missing, and project each training stage's wall time from "
+        "a few real steps measured on this machine.",
+    )
+    plan.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="a Hydra override, as for `dvc exp run -S` (experiment=dacs_gta5, seed=1)",
+    )
+    plan.add_argument(
+        "--steps", type=positive_int, default=2, help="timed steps per training stage (after one warm-up)"
+    )
+    plan.add_argument("--no-measure", action="store_true", help="do not time any step (no projection)")
+    plan.set_defaults(run=run_plan)
     return parser
 
 
@@ -150,6 +174,28 @@ def run_info(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     meta = {key: _maybe_json(value) for key, value in sorted(segmenter.metadata.items())}
     print(json.dumps(meta, indent=2))
+    return EXIT_OK
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from dacs_uda import plan
+    from dacs_uda.config import ConfigError, compose_params
+    from dacs_uda.utils.device import pick_device
+
+    try:
+        params = compose_params(args.overrides)
+    except ConfigError as err:
+        log.error("%s", err)
+        return EXIT_UNUSABLE
+    device = pick_device()
+    projections = []
+    for section in [] if args.no_measure else params.runs:
+        log.info("timing %d steps of train@%s on %s", args.steps + 1, section, device)
+        seconds = plan.measure_step_seconds(params, section, device, args.steps)
+        projections.append(
+            plan.Projection(f"train@{section}", getattr(params, section).optim.iterations, seconds)
+        )
+    print(plan.render(params, args.overrides, projections, str(device)))
     return EXIT_OK
 
 

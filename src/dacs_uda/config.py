@@ -34,6 +34,8 @@ PAIR_FORMATS = {
     "synthia_cityscapes": ("synthia", "cityscapes"),
 }
 DATA_PAIRS = tuple(PAIR_FORMATS)
+# data.on_bad_pair: stop on any corrupt or incomplete pair, or drop it (up to data.max_bad_fraction).
+BAD_PAIR_ACTIONS = ("fail", "skip")
 # Baselines and ablations of the paper (Tranheden et al., Table 2-4) beside DACS itself.
 METHODS = ("dacs", "source_only", "classmix", "pseudo_label", "dist_align", "cutmix")
 FIDELITY = ("clean", "official")
@@ -41,6 +43,10 @@ DA_PRIORS = ("target_labels", "source_labels")
 ARCHS = ("deeplabv2",)
 MODEL_INITS = ("scratch", "imagenet", "file")
 ADAPT_INITS = ("pretrained", "model")
+TRAIN_SECTIONS = ("pretrain", "oracle", "adapt")
+# What a model built without a weights file depends on (runs.<section>.start): the code that builds it.
+MODEL_CODE = "src/dacs_uda/models"
+METRICS_DIR = "metrics"  # the training stages' curves and metrics (dvc.yaml: metrics/<section>*)
 ASPP_SUMS = ("all", "first_two")
 # ResNet depths that torchvision publishes ImageNet weights for (model.init: imagenet needs width 64).
 IMAGENET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
@@ -85,7 +91,7 @@ class DomainConfig:
 
     format: str
     root: str
-    resize: list[int]  # W, H (official: 1280x720 / 1024x512)
+    resize: list[int]  # W, H (official DACS: GTA5 1280x720, Cityscapes 1024x512; SYNTHIA has none)
     # Real data only: expected pairs per split; None = the official counts (GTA5 24,966, SYNTHIA 9,400,
     # Cityscapes 2,975 train + 500 val). Set it only for a deliberate subset.
     counts: dict[str, int] | None
@@ -102,11 +108,17 @@ class DataConfig:
     download: bool  # real pairs: download missing datasets (else only locate them)
     downloads: str  # where archives are downloaded to (resumable)
     checksums: str | None  # optional file of pinned archive checksums (`sha256sum` format)
-    num_workers: int  # loader processes; every crop is drawn from a keyed stream, so results do not change
+    # loader processes, -1 auto (with a GPU one per free core, on the CPU none); every crop is drawn
+    # from a keyed stream, so the count never changes a result
+    num_workers: int
+    io_workers: int  # processes of validate and prepare (0: one per core); results do not change
+    on_bad_pair: str  # fail | skip: what validation does with a corrupt or incomplete pair
+    max_bad_fraction: float  # skip: the share of pairs that may be dropped before validation fails
     embedded: EmbeddedConfig
 
     def __post_init__(self) -> None:
         _check(self.pair in DATA_PAIRS, "data.pair", f"must be one of {DATA_PAIRS}, got {self.pair!r}")
+        _check(self.num_workers >= -1, "data.num_workers", "must be >= 0, or -1 (auto)")
         _check(self.source.format in SOURCE_FORMATS, "data.source.format", f"must be one of {SOURCE_FORMATS}")
         _check(self.target.format in TARGET_FORMATS, "data.target.format", f"must be one of {TARGET_FORMATS}")
         for domain, fmt in zip(("source", "target"), PAIR_FORMATS[self.pair], strict=True):
@@ -124,6 +136,19 @@ class DataConfig:
         _check_size(self.source.resize, "data.source.resize")
         _check_size(self.target.resize, "data.target.resize")
         _check_size(self.crop, "data.crop")
+        _check(
+            self.io_workers >= 0, "data.io_workers", f"must be >= 0 (0: one per core), got {self.io_workers}"
+        )
+        _check(
+            self.on_bad_pair in BAD_PAIR_ACTIONS,
+            "data.on_bad_pair",
+            f"must be one of {BAD_PAIR_ACTIONS}, got {self.on_bad_pair!r}",
+        )
+        _check(
+            0.0 <= self.max_bad_fraction < 1.0,
+            "data.max_bad_fraction",
+            f"must be in [0, 1) (a share of the pairs, e.g. 0.001), got {self.max_bad_fraction}",
+        )
         for domain in ("source", "target"):
             w, h = getattr(self, domain).resize
             _check(
@@ -214,7 +239,11 @@ class LoopConfig:
     precision: str
     channels_last: bool  # NHWC memory format for models and images (tensor-core GPUs)
     compile: bool  # torch.compile the student and the teacher
+    # Several processes (torchrun): BatchNorm with the statistics of the global batch, as one process
+    # holding it would compute them (1 crop per GPU otherwise normalises each crop with its own).
+    sync_bn: bool
     checkpoint_every: int  # steps between resume checkpoints (0: only the final state)
+    checkpoint_dir: str  # <section>.pt: the final checkpoint of each training stage
     resume_dir: str  # one resume checkpoint per training stage; a rerun continues from it
 
     def __post_init__(self) -> None:
@@ -228,6 +257,11 @@ class LoopConfig:
         )
 
 
+def _check_validation(eval_every: int, eval_images: int, section: str) -> None:
+    _check(eval_every >= 0, f"{section}.eval_every", "must be >= 0 (0: no validation during training)")
+    _check(eval_images >= 0, f"{section}.eval_images", "must be >= 0 (0: every target-val image)")
+
+
 @dataclass
 class TrainConfig:
     """Supervised training on one domain: source pre-training, or the target oracle."""
@@ -235,13 +269,13 @@ class TrainConfig:
     domain: str
     optim: OptimConfig
     log_every: int
-    checkpoint: str
-    curve: str
-    metrics: str
+    eval_every: int  # steps between target-val validations (0: none)
+    eval_images: int  # target-val images each validation scores (0: all)
 
     def validate(self, section: str) -> None:
         _check(self.domain in ("source", "target"), f"{section}.domain", "must be 'source' or 'target'")
         _check(self.log_every >= 1, f"{section}.log_every", "must be >= 1")
+        _check_validation(self.eval_every, self.eval_images, section)
         self.optim._validate(section)
 
 
@@ -268,9 +302,8 @@ class AdaptConfig:
     da_prior: str
     da_momentum: float  # method dist_align: running mean of teacher predictions
     log_every: int
-    checkpoint: str
-    curve: str
-    metrics: str
+    eval_every: int  # steps between target-val validations of student and teacher (0: none)
+    eval_images: int  # target-val images each validation scores (0: all)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "adapt.method", f"must be one of {METHODS}, got {self.method!r}")
@@ -296,6 +329,7 @@ class AdaptConfig:
             "must be [low, high], 0 < low <= high",
         )
         _check(self.log_every >= 1, "adapt.log_every", "must be >= 1")
+        _check_validation(self.eval_every, self.eval_images, "adapt")
         self.optim._validate("adapt")
 
 
@@ -353,6 +387,15 @@ class ExportConfig:
 
 
 @dataclass
+class RunConfig:
+    """One training stage of the experiment (``runs.<section>``)."""
+
+    # The file the stage's model starts from, a DVC dependency of ``train@<section>``: another stage's
+    # checkpoint, the ``model.weights`` file, or the model code (MODEL_CODE) for a model without a file.
+    start: str
+
+
+@dataclass
 class Params:
     """The whole of ``params.yaml``."""
 
@@ -361,6 +404,7 @@ class Params:
     data: DataConfig
     model: ModelConfig
     train: LoopConfig
+    runs: dict[str, RunConfig]
     pretrain: TrainConfig
     oracle: TrainConfig
     adapt: AdaptConfig
@@ -370,6 +414,65 @@ class Params:
     def __post_init__(self) -> None:
         self.pretrain.validate("pretrain")
         self.oracle.validate("oracle")
+        _check_runs(self)
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What the training stage ``train@<section>`` writes (the paths dvc.yaml declares for it)."""
+
+    checkpoint: str  # model (and EMA teacher), read by evaluate and export
+    curve: str  # the learning curve, one row per log_every steps
+    validation: str  # target-val mIoU per eval_every steps
+    metrics: str  # the latest values, read by `dvc exp show` while the stage runs
+
+
+def checkpoint_path(params: Params, section: str) -> str:
+    """Where the training stage ``section`` writes its final checkpoint (dvc.yaml: ``train@<section>``)."""
+    return f"{params.train.checkpoint_dir}/{section}.pt"
+
+
+def run_outputs(params: Params, section: str) -> RunOutputs:
+    """The outputs of ``train@<section>``: its checkpoint in ``train.checkpoint_dir``, the rest in metrics."""
+    metrics = f"{METRICS_DIR}/{section}"
+    return RunOutputs(checkpoint_path(params, section), f"{metrics}_curve.csv", f"{metrics}_validation.csv",
+                      f"{metrics}.json")  # fmt: skip
+
+
+def accepted_starts(params: Params, section: str) -> tuple[str, ...]:
+    """What ``runs.<section>.start`` may name, best first: the pretrain checkpoint that adaptation starts
+    from (``adapt.init: pretrained``), else the ``model.weights`` file, or the model code (always a
+    dependency; naming the weights file as well makes DVC rerun the stage when the file changes)."""
+    if section == "adapt" and params.adapt.init == "pretrained":
+        return (checkpoint_path(params, "pretrain"),)
+    return (params.model.weights, MODEL_CODE) if params.model.weights else (MODEL_CODE,)
+
+
+def _check_runs(params: Params) -> None:
+    """``runs`` names training stages, each starting from the right file; every model evaluated or
+    exported from the checkpoint folder is trained by one of them."""
+    unknown = sorted(set(params.runs) - set(TRAIN_SECTIONS))
+    _check(
+        bool(params.runs) and not unknown, "runs", f"must name stages among {TRAIN_SECTIONS}, got {unknown}"
+    )
+    for section, run in params.runs.items():
+        starts = accepted_starts(params, section)
+        _check(
+            run.start in starts,
+            f"runs.{section}.start",
+            f"must be one of {list(starts)}, what {section} starts from (adapt.init {params.adapt.init!r}, "
+            f"model.weights {params.model.weights!r}), got {run.start!r}: "
+            f"set -S runs.{section}.start={starts[0]}",
+        )
+    trained = {checkpoint_path(params, s): s for s in TRAIN_SECTIONS}
+    used = {f"evaluate.models.{k}": v for k, v in params.evaluate.models.items()}
+    for key, path in {**used, "export.checkpoint": params.export.checkpoint}.items():
+        producer = trained.get(path)
+        _check(
+            producer is None or producer in params.runs,
+            key,
+            f"is {path!r}, the checkpoint of stage {producer!r}, which `runs` does not include",
+        )
 
 
 def _check_sections(raw: dict[str, Any], schema: type, prefix: str = "") -> None:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dacs_uda.config import Params
-from dacs_uda.data.datasets import load_pair, manifest_path, read_manifest
+from dacs_uda.data.datasets import load_pair, loader_workers, manifest_path, read_manifest
 from dacs_uda.inference import OnnxSegmenter
 from dacs_uda.labels import (
     CLASS_NAMES,
@@ -116,10 +116,22 @@ def label_size_for(protocol: str, resize: list[int]) -> tuple[int, int] | None:
     raise ValueError(f"unknown evaluation protocol {protocol!r}: use 'official' or 'full'")
 
 
-def val_loader(params: Params, protocol: str | None = None) -> DataLoader:
-    """Target val under ``protocol`` (default ``params.evaluate.protocol``)."""
+def spread_rows(rows: pd.DataFrame, count: int) -> pd.DataFrame:
+    """At most ``count`` rows evenly spaced over ``rows`` (0: all of them), always the same ones.
+
+    Evenly spaced rather than the first ``count``: manifests are sorted by city, so a prefix would
+    validate on one city only.
+    """
+    if count == 0 or count >= len(rows):
+        return rows
+    positions = np.linspace(0, len(rows) - 1, count).round().astype(int)
+    return rows.iloc[positions].reset_index(drop=True)
+
+
+def val_loader(params: Params, protocol: str | None = None, images: int = 0) -> DataLoader:
+    """Target val under ``protocol`` (default ``params.evaluate.protocol``), at most ``images`` (0: all)."""
     protocol = protocol or params.evaluate.protocol
-    rows = read_manifest(manifest_path(params, "target"), split="val")
+    rows = spread_rows(read_manifest(manifest_path(params, "target"), split="val"), images)
     if protocol == "full":
         if "raw_label" in rows:
             rows = rows.assign(label=rows["raw_label"])  # native-size labels (prepared ones are resized)
@@ -130,7 +142,7 @@ def val_loader(params: Params, protocol: str | None = None) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=params.evaluate.batch_size,
-        num_workers=params.data.num_workers,
+        num_workers=loader_workers(params.data.num_workers),
         collate_fn=collate,
     )
 

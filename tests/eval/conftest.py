@@ -35,6 +35,7 @@ def eval_params(protocol: str = "official", models: dict[str, str] | None = None
         save_predictions=[name for name in models if name == "dacs"],
         num_samples=2,
     )
+    params.export = dataclasses.replace(params.export, checkpoint="models/dacs.pt")  # the workspace's own
     return params
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from dacs_uda.config import Params
+from dacs_uda.config import Params, load_params
 from dacs_uda.data.synth import cityscapes_paths, generate_target
 from dacs_uda.data.version import prepared_data_version
 from dacs_uda.export import cpu_session, export_onnx, onnx_metadata, parity, read_metadata
@@ -161,7 +161,7 @@ def test_stage_writes_model_and_metrics(workspace):
     assert metadata["exporter"] == "torch.onnx-torchscript"
     lineage = json.loads(metadata["lineage"])
     assert set(lineage) == set(LINEAGE_KEYS)
-    assert lineage == load_checkpoint("models/dacs.pt")["lineage"]
+    assert lineage == load_checkpoint(load_params().export.checkpoint)["lineage"]
     assert OnnxSegmenter("models/dacs.onnx").predict(np.zeros((32, 64, 3), np.uint8)).shape == (32, 64)
 
 

@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from tests.conftest import tiny_params, write_params
+from dacs_uda.models.deeplabv2 import DeepLabV2
+from tests.conftest import tiny_model, tiny_params, write_params
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,7 +29,8 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 DVC_YAML = REPO / "dvc.yaml"
-STAGES = ("data", "validate", "prepare", "pretrain", "oracle", "adapt", "evaluate", "export", "evaluate_onnx")
+TRAIN = ("train@pretrain", "train@oracle", "train@adapt")
+STAGES = ("data", "validate", "prepare", *TRAIN, "evaluate", "export", "evaluate_onnx")
 OUTPUTS = (
     "data/raw/source",
     "data/raw/target",
@@ -38,9 +41,9 @@ OUTPUTS = (
     "reports/embedded_samples.png",
     "reports/validation.md",
     "metrics/validation.json",
-    "models/source.pt",
-    "models/oracle.pt",
-    "models/dacs.pt",
+    "models/trained/pretrain.pt",
+    "models/trained/oracle.pt",
+    "models/trained/adapt.pt",
     "models/dacs.onnx",
     "metrics/pretrain.json",
     "metrics/oracle.json",
@@ -60,17 +63,17 @@ OUTPUTS = (
 CACHED_OUTPUTS = (
     "data/manifests",
     "data/prepared",
-    "models/source.pt",
-    "models/oracle.pt",
-    "models/dacs.pt",
+    "models/trained/pretrain.pt",
+    "models/trained/oracle.pt",
+    "models/trained/adapt.pt",
     "models/dacs.onnx",
     "models/dacs_fp16.onnx",
     "predictions",
 )
 MODELS = (
-    "models/source.pt",
-    "models/oracle.pt",
-    "models/dacs.pt",
+    "models/trained/pretrain.pt",
+    "models/trained/oracle.pt",
+    "models/trained/adapt.pt",
     "models/dacs.onnx",
     "models/dacs_fp16.onnx",
 )
@@ -196,19 +199,51 @@ def test_param_change_invalidates_only_adapt_and_downstream(project: Path, tmp_p
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # `dvc status` checks each stage against its own lock entry: only adapt's params differ. Its
-    # dependants (evaluate, export) are stale only through models/dacs.pt, which has not changed yet.
+    # dependants (evaluate, export) are stale only through its checkpoint, which has not changed yet.
     status = json.loads(dvc(root, "status", "--json").stdout)
-    assert set(status) == {"adapt"}, status
-    assert status["adapt"] == [{"changed deps": {"params.yaml": {"adapt": "modified"}}}]
+    assert set(status) == {"train@adapt"}, status
+    assert status["train@adapt"] == [{"changed deps": {"params.yaml": {"adapt": "modified"}}}]
 
     before = mtimes(root)
     proc = dvc(root, "repro")
     output = proc.stdout + proc.stderr
     ran, skipped = ran_and_skipped(output)
-    assert ran == {"adapt", "evaluate", "export", "evaluate_onnx"}, output
-    assert skipped == {"data", "validate", "prepare", "pretrain", "oracle"}, output
+    assert ran == {"train@adapt", "evaluate", "export", "evaluate_onnx"}, output
+    assert skipped == {"data", "validate", "prepare", "train@pretrain", "train@oracle"}, output
     after = mtimes(root)
-    assert after["models/source.pt"] == before["models/source.pt"]
-    assert after["models/oracle.pt"] == before["models/oracle.pt"]
-    assert after["models/dacs.pt"] != before["models/dacs.pt"]
+    assert after["models/trained/pretrain.pt"] == before["models/trained/pretrain.pt"]
+    assert after["models/trained/oracle.pt"] == before["models/trained/oracle.pt"]
+    assert after["models/trained/adapt.pt"] != before["models/trained/adapt.pt"]
     assert json.loads(dvc(root, "status", "--json").stdout) == {}
+
+
+def test_a_preset_runs_only_the_training_stages_its_result_needs(project: Path, tmp_path: Path) -> None:
+    """As `-S experiment=dacs_gta5` does: DACS from a weights file (runs: {adapt}), no pretrain, no oracle."""
+    root = tmp_path / "copy"
+    shutil.copytree(project, root, symlinks=True)
+    for name in MODELS[:3]:  # nothing of the earlier training stages may be used
+        (root / name).unlink()
+    init = root / "models" / "init" / "tiny.pt"
+    init.parent.mkdir(parents=True)
+    torch.save(DeepLabV2(tiny_model()).state_dict(), init)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["model"].update(init="file", weights="models/init/tiny.pt")
+    params["adapt"]["init"] = "model"
+    params["runs"] = {"adapt": {"start": "models/init/tiny.pt"}}
+    params["evaluate"].update(models={"dacs": "models/trained/adapt.pt"}, save_predictions=["dacs"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    listed = dvc(root, "stage", "list", "--name-only").stdout.split()
+    assert [s for s in listed if s.startswith("train@")] == ["train@adapt"]
+    proc = dvc(root, "repro")
+    output = proc.stdout + proc.stderr
+    assert ran_and_skipped(output)[0] == {"train@adapt", "evaluate", "export", "evaluate_onnx"}, output
+    assert (
+        not (root / "models/trained/pretrain.pt").exists()
+        and not (root / "models/trained/oracle.pt").exists()
+    )
+    assert set(json.loads((root / "metrics/eval.json").read_text())) == {"dacs"}
+    init.write_bytes(init.read_bytes())  # same bytes: nothing to redo
+    assert json.loads(dvc(root, "status", "--json").stdout) == {}
+    torch.save(DeepLabV2(tiny_model()).state_dict(), init)  # other (random) weights: adapt is stale
+    assert set(json.loads(dvc(root, "status", "--json").stdout)) == {"train@adapt"}

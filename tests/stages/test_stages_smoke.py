@@ -15,8 +15,8 @@ from dacs_uda.config import load_params, params_hash
 from dacs_uda.export import read_metadata
 from dacs_uda.lineage import LINEAGE_KEYS, UNKNOWN
 from dacs_uda.models.checkpoint import load_checkpoint
-from dacs_uda.stages import adapt, evaluate, evaluate_onnx, export, prepare, pretrain, validate
 from dacs_uda.stages import data as data_stage
+from dacs_uda.stages import evaluate, evaluate_onnx, export, prepare, train, validate
 from dacs_uda.train.loop import fit
 from dacs_uda.train.tasks import adaptation_task
 from dacs_uda.utils.seed import seed_everything
@@ -37,9 +37,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert data_stage.main() == 0
         assert validate.main() == 0
         assert prepare.main() == 0
-        assert pretrain.main(["--section", "pretrain"]) == 0
-        assert pretrain.main(["--section", "oracle"]) == 0
-        assert adapt.main() == 0
+        for section in ("pretrain", "oracle", "adapt"):
+            assert train.main(["--section", section]) == 0
         assert evaluate.main() == 0
         assert export.main() == 0
         assert evaluate_onnx.main() == 0
@@ -65,7 +64,7 @@ def test_validate_writes_manifests(project: Path) -> None:
 
 @pytest.mark.parametrize("section", ["pretrain", "oracle"])
 def test_supervised_stages(project: Path, section: str) -> None:
-    ckpt = load_checkpoint(project / f"models/{'source' if section == 'pretrain' else 'oracle'}.pt")
+    ckpt = load_checkpoint(project / f"models/trained/{section}.pt")
     assert ckpt["step"] == 3 and ckpt["lineage"]["params_hash"]
     metrics = read_json(project / f"metrics/{section}.json")
     assert math.isfinite(metrics["train/loss"])
@@ -74,10 +73,10 @@ def test_supervised_stages(project: Path, section: str) -> None:
 
 
 def test_adapt_stage_keeps_a_distinct_ema_teacher(project: Path) -> None:
-    ckpt = load_checkpoint(project / "models/dacs.pt")
+    ckpt = load_checkpoint(project / "models/trained/adapt.pt")
     student, teacher = ckpt["model"], ckpt["ema_model"]
     assert any(not torch.equal(student[k], teacher[k]) for k in student if k.endswith("weight"))
-    source = load_checkpoint(project / "models/source.pt")["model"]
+    source = load_checkpoint(project / "models/trained/pretrain.pt")["model"]
     assert any(not torch.equal(student[k], source[k]) for k in student if k.endswith("weight"))
     metrics = read_json(project / "metrics/adapt.json")
     assert 0.0 <= metrics["train/confident"] <= 1.0 and metrics["train/loss_mix"] > 0
@@ -138,11 +137,11 @@ def test_one_data_version_across_validation_checkpoints_and_onnx(project: Path) 
     the same dataset gives the same version everywhere."""
     version = read_json(project / "reports/lineage.json")["data_version"]
     assert f"`{version}`" in (project / "reports/validation.md").read_text()
-    for m in ("source", "oracle", "dacs"):
-        assert load_checkpoint(project / f"models/{m}.pt")["lineage"]["data_version"] == version
+    for section in ("pretrain", "oracle", "adapt"):
+        assert load_checkpoint(project / f"models/trained/{section}.pt")["lineage"]["data_version"] == version
     for onnx_file in ("dacs.onnx", "dacs_fp16.onnx"):
         onnx_lineage = json.loads(read_metadata(project / "models" / onnx_file)["lineage"])
-        assert onnx_lineage == load_checkpoint(project / "models/dacs.pt")["lineage"]
+        assert onnx_lineage == load_checkpoint(project / "models/trained/adapt.pt")["lineage"]
 
 
 def _adapt_weights(num_workers: int) -> dict[str, torch.Tensor]:
@@ -161,7 +160,7 @@ def test_adapt_is_bit_reproducible_whatever_the_loader_workers(
 ) -> None:
     """Loader workers pre-fetch crop keys ahead of training: with keyed streams nothing else moves."""
     monkeypatch.chdir(project)
-    stage = load_checkpoint(project / "models/dacs.pt")["model"]  # the stage's own run, 0 workers
+    stage = load_checkpoint(project / "models/trained/adapt.pt")["model"]  # the stage's own run, 0 workers
     for workers in (0, 2):
         weights = _adapt_weights(workers)
         different = [k for k in stage if not torch.equal(stage[k], weights[k])]

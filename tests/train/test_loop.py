@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dacs_uda.config import load_params, params_hash
+from dacs_uda.config import load_params, params_hash, run_outputs
 from dacs_uda.models.checkpoint import load_checkpoint, read_state
-from dacs_uda.stages import adapt, prepare, pretrain, validate
 from dacs_uda.stages import data as data_stage
+from dacs_uda.stages import prepare, train, validate
 from dacs_uda.train.loop import fit, resume_path
 from dacs_uda.train.tasks import adaptation_task
 from dacs_uda.utils.seed import seed_everything
@@ -37,7 +37,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_params(root, params)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        for main in (data_stage.main, validate.main, prepare.main, lambda: pretrain.main([])):
+        for main in (
+            data_stage.main,
+            validate.main,
+            prepare.main,
+            lambda: train.main(["--section", "pretrain"]),
+        ):
             assert main() == 0
     return root
 
@@ -55,7 +60,7 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 def start_adapt(project: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.Popen(
-        [sys.executable, "-m", "dacs_uda.stages.adapt"], cwd=project, env=env,
+        [sys.executable, "-m", "dacs_uda.stages.train", "--section", "adapt"], cwd=project, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -74,30 +79,35 @@ def kill_after_checkpoint(process: subprocess.Popen, state: Path, min_step: int)
 
 def test_adapt_killed_mid_run_resumes_to_bit_identical_weights(project: Path, monkeypatch) -> None:
     monkeypatch.chdir(project)
-    state = resume_path(load_params(), "adapt")
-    assert adapt.main() == 0  # uninterrupted
-    full = weights(project / "models/dacs.pt")
+    params = load_params()
+    state = resume_path(params, "adapt")
+    checkpoint, curve_file = (
+        Path(run_outputs(params, "adapt").checkpoint),
+        Path(run_outputs(params, "adapt").curve),
+    )
+    assert train.main(["--section", "adapt"]) == 0  # uninterrupted
+    full = weights(checkpoint)
     assert read_state(state)["step"] == ITERATIONS
-    curve = (project / "metrics/adapt_curve.csv").read_text()
+    curve = curve_file.read_text()
     state.unlink()
-    (project / "models/dacs.pt").unlink()
+    checkpoint.unlink()
 
     process = start_adapt(project)
     killed_at = kill_after_checkpoint(process, state, 2 * EVERY)
     assert process.returncode == -signal.SIGKILL and killed_at < ITERATIONS
-    assert not (project / "models/dacs.pt").exists()  # nothing of the killed run counts as done
-    assert adapt.main() == 0  # the rerun resumes
-    assert_same(full, weights(project / "models/dacs.pt"))
-    assert (project / "metrics/adapt_curve.csv").read_text() == curve  # one curve, no seam
+    assert not checkpoint.exists()  # nothing of the killed run counts as done
+    assert train.main(["--section", "adapt"]) == 0  # the rerun resumes
+    assert_same(full, weights(checkpoint))
+    assert curve_file.read_text() == curve  # one curve, no seam
 
 
 def test_a_state_of_other_params_is_not_resumed(project: Path, monkeypatch, caplog) -> None:
     monkeypatch.chdir(project)
-    monkeypatch.setattr(adapt, "setup_logging", lambda *args, **kwargs: None)  # keep caplog's handler
+    monkeypatch.setattr(train, "setup_logging", lambda *args, **kwargs: None)  # keep caplog's handler
     params = load_params()
     finished = resume_path(params, "adapt")
     if not finished.is_file():
-        assert adapt.main() == 0
+        assert train.main(["--section", "adapt"]) == 0
     other = finished.with_name("other.pt")
     shutil.copy(finished, other)  # the finished 60-step state of the stage's params
     params.adapt.optim.lr *= 2

@@ -13,7 +13,15 @@ import pytest
 import yaml
 
 from dacs_uda import config
-from dacs_uda.config import ConfigError, Params, compose_params, load_params, params_hash, parse_params
+from dacs_uda.config import (
+    TRAIN_SECTIONS,
+    ConfigError,
+    Params,
+    compose_params,
+    load_params,
+    params_hash,
+    parse_params,
+)
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -225,16 +233,14 @@ def test_params_hash_changes_with_any_value(raw: dict[str, Any], dotted: str, va
 
 def _stage_mains() -> dict[str, tuple[Any, Any]]:
     """Stage name -> (module, main as called by dvc.yaml's cmd)."""
-    from dacs_uda.stages import adapt, evaluate, evaluate_onnx, export, prepare, pretrain, validate
     from dacs_uda.stages import data as acquire
+    from dacs_uda.stages import evaluate, evaluate_onnx, export, prepare, train, validate
 
     return {
         "data": (acquire, acquire.main),
         "validate": (validate, validate.main),
         "prepare": (prepare, prepare.main),
-        "pretrain": (pretrain, lambda: pretrain.main(["--section", "pretrain"])),
-        "oracle": (pretrain, lambda: pretrain.main(["--section", "oracle"])),
-        "adapt": (adapt, adapt.main),
+        **{f"train@{s}": (train, lambda s=s: train.main(["--section", s])) for s in TRAIN_SECTIONS},
         "evaluate": (evaluate, evaluate.main),
         "export": (export, export.main),
         "evaluate_onnx": (evaluate_onnx, evaluate_onnx.main),

@@ -207,6 +207,17 @@ def test_crop_sampler_draws_each_crop_from_its_own_key() -> None:
         assert (index, y, x) == (order[position], expected_y, expected_x)
 
 
+def test_crop_sampler_shards_split_each_global_batch() -> None:
+    """Rank r of a DDP run loads global indices [2r, 2r + 2) of each batch of 4: the same keys."""
+    whole = _draws(sampler(9, batch=4), 12)  # steps 0-2
+    shards = [_draws(sampler(9, batch=4, shard=range(2 * r, 2 * r + 2)), 6) for r in range(2)]
+    for step in range(3):
+        pair = slice(2 * step, 2 * step + 2)
+        assert shards[0][pair] + shards[1][pair] == whole[4 * step : 4 * step + 4]
+    with pytest.raises(ValueError, match="not a non-empty part of a batch of 4"):
+        sampler(9, batch=4, shard=range(3, 5))
+
+
 def test_dataset_cuts_the_sampled_crop(tmp_path: Path) -> None:
     big_ids = np.kron(LABEL_IDS, np.ones((4, 4), dtype=np.uint8))  # 12 x 16
     manifest = pd.DataFrame(
@@ -249,3 +260,15 @@ def test_read_manifest_empty_file_is_an_error(tmp_path: Path) -> None:
     path.write_text("split,image,label\n")
     with pytest.raises(ValueError, match=r"no rows"):
         read_manifest(path)
+
+
+def test_auto_loader_workers_use_the_cores_the_training_processes_leave(monkeypatch) -> None:
+    from dacs_uda.data import datasets
+
+    monkeypatch.setattr(datasets.os, "cpu_count", lambda: 16)
+    assert datasets.loader_workers(3) == 3  # an explicit count is kept
+    monkeypatch.setattr(datasets.torch.cuda, "is_available", lambda: False)
+    assert datasets.loader_workers(-1) == 0  # CPU training uses every core itself
+    monkeypatch.setattr(datasets.torch.cuda, "is_available", lambda: True)
+    assert datasets.loader_workers(-1, {}) == 15
+    assert datasets.loader_workers(-1, {"LOCAL_WORLD_SIZE": "2"}) == 7  # two GPUs on the node

@@ -21,7 +21,7 @@ PACKAGE = REPO / "src" / "dacs_uda"
 FLOORS = {
     0: ("config", "labels", "lineage", "utils"),
     1: ("dacs", "models", "data", "optim", "metrics", "viz"),
-    2: ("train", "evaluate", "evaluate_onnx", "export", "inference", "cli", "variants"),
+    2: ("train", "evaluate", "evaluate_onnx", "export", "inference", "cli", "variants", "plan"),
     3: ("stages",),
 }
 

@@ -65,3 +65,19 @@ def test_gradient_flows_to_logits_only_where_weighted() -> None:
     weighted_cross_entropy(logits, torch.tensor([[[0, 1]]]), torch.tensor([[[0.0, 1.0]]])).backward()
     assert torch.equal(logits.grad[..., 0], torch.zeros(1, 2, 1))
     assert logits.grad[..., 1].abs().sum() > 0
+
+
+def test_rank_shares_of_the_source_loss_average_to_the_loss_of_the_whole_batch() -> None:
+    # Two ranks hold one image each, with 3 and 1 labelled pixels. Each divides its sum by the mean
+    # count over the ranks (2, what the all-reduce gives): the mean of the ranks' losses (and so DDP's
+    # gradient average) is the loss of the whole batch; a per-rank mean would weigh the lone pixel 3x.
+    labels = torch.tensor([[[0, 0], [1, 255]], [[1, 255], [255, 255]]])
+    model, images = FixedLogits([0.0, math.log(3)]), torch.zeros(2, 3, 8, 8)
+    mean_count = lambda count: torch.tensor(2.0)  # noqa: E731 - the all-reduced (3 + 1) / 2
+    shares = [supervised_loss(model, images[i : i + 1], labels[i : i + 1], mean_count) for i in range(2)]
+    whole = supervised_loss(model, images, labels)
+    torch.testing.assert_close((shares[0] + shares[1]) / 2, whole)
+    torch.testing.assert_close(whole, torch.tensor((2 * math.log(4) + 2 * math.log(4 / 3)) / 4))
+    # a rank without a labelled pixel adds 0, not NaN
+    none = supervised_loss(model, images[:1], torch.full((1, 2, 2), 255), mean_count)
+    assert none.item() == 0.0

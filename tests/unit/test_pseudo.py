@@ -8,6 +8,7 @@ import torch
 
 from dacs_uda.dacs.pseudo import (
     align_distribution,
+    class_mean,
     confident_fraction,
     pixel_weights,
     pseudo_labels,
@@ -87,3 +88,25 @@ def test_update_running_mean_exact_and_pure() -> None:
     updated = update_running_mean(running, probs, momentum=0.9)
     torch.testing.assert_close(updated, torch.tensor([0.47, 0.53]))
     assert torch.equal(running, torch.tensor([0.5, 0.5]))
+
+
+def test_lambda_over_ranks_is_the_fraction_of_the_global_batch() -> None:
+    # 3 of 4 pixels confident on rank 0, 1 of 4 on rank 1: each rank's lambda is the batch's 0.5.
+    confidence = torch.tensor([[[0.99, 0.97], [0.968, 0.5]], [[0.99, 0.1], [0.2, 0.3]]])
+    local = [confident_fraction(confidence[i : i + 1], 0.968) for i in range(2)]
+    both = lambda value: (local[0] + local[1]) / 2  # noqa: E731 - what the all-reduce gives each rank
+    for i in range(2):
+        assert confident_fraction(confidence[i : i + 1], 0.968, both).item() == 0.5
+    assert confident_fraction(confidence, 0.968).item() == 0.5
+
+
+def test_running_mean_over_ranks_takes_the_global_batch_mean() -> None:
+    # Class 0 has mean 0.2 on rank 0 and 0.6 on rank 1: the batch mean is 0.4, on both ranks.
+    probs = torch.tensor([[[[0.1, 0.3]], [[0.9, 0.7]]], [[[0.6, 0.6]], [[0.4, 0.4]]]])
+    local = [class_mean(probs[i : i + 1]) for i in range(2)]
+    both = lambda value: (local[0] + local[1]) / 2  # noqa: E731 - what the all-reduce gives each rank
+    running = torch.tensor([0.5, 0.5])
+    for i in range(2):
+        updated = update_running_mean(running, probs[i : i + 1], momentum=0.9, rank_mean=both)
+        torch.testing.assert_close(updated, torch.tensor([0.49, 0.51]))
+    torch.testing.assert_close(update_running_mean(running, probs, 0.9), torch.tensor([0.49, 0.51]))

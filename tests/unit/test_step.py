@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -172,6 +173,61 @@ def test_a_slice_of_the_batch_gives_the_slice_of_the_sample(method: str, fidelit
         StepRandom(batch=fresh.batch, samples=fresh.samples[1:3]),
     )
     assert torch.equal(part.images, full.images[1:3]) and torch.equal(part.labels, full.labels[1:3])
+
+
+def as_two_ranks(run, passes: int = 3) -> list:
+    """``run(rank, rank_mean)`` for ranks 0 and 1 as two DDP processes run it: each ``rank_mean`` call
+    returns the mean of both ranks' values at that call, as an all-reduce does.
+
+    A pass records the values and answers with the previous pass's means; a value may depend on an
+    earlier mean (lambda on the aligned probabilities), so passes repeat until the chain has settled.
+    """
+    seen: tuple[list, list] | None = None
+    for _ in range(passes):
+        record: tuple[list, list] = ([], [])
+        results = [run(rank, _replay(rank, record, seen)) for rank in range(2)]
+        seen = record
+    return results
+
+
+def _replay(rank: int, record: tuple[list, list], seen: tuple[list, list] | None):
+    calls = itertools.count()
+
+    def mean(value: torch.Tensor) -> torch.Tensor:
+        record[rank].append(value)
+        call = next(calls)
+        return value if seen is None else (seen[0][call] + seen[1][call]) / 2
+
+    return mean
+
+
+@pytest.mark.parametrize("method", ["dacs", "cutmix", "pseudo_label", "dist_align"])
+def test_the_ranks_losses_average_to_the_loss_of_the_whole_batch(method: str) -> None:
+    # Two ranks hold half of a batch of 4 each, with their samples' generators; the valid-pixel count,
+    # lambda and the alignment mean go through rank_mean. With per-sample networks (BN on running
+    # statistics), the mean of their losses, which DDP's gradient average follows, is the batch's loss.
+    torch.manual_seed(0)
+    student, teacher = build_model(PARAMS.model).eval(), build_model(PARAMS.model).eval()
+    cfg = adapt_cfg(method=method, fidelity="official", jitter_p=0.5, blur_p=0.5)
+    batch, prior = make_batch(4), torch.full((19,), 1 / 19)
+
+    def alignment() -> Alignment | None:
+        return Alignment(prior=prior) if method == "dist_align" else None
+
+    def run(rank: int, rank_mean) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        half = Batch(*(tensor[2 * rank : 2 * rank + 2] for tensor in vars(batch).values()))
+        full = rng(4, 3)
+        shard = StepRandom(batch=full.batch, samples=full.samples[2 * rank : 2 * rank + 2])
+        with torch.no_grad():
+            return dacs_loss(student, teacher, half, cfg, shard, alignment(), rank_mean)
+
+    ranks = as_two_ranks(run)
+    with torch.no_grad():
+        whole, stats = dacs_loss(student, teacher, batch, cfg, rng(4, 3), alignment())
+    torch.testing.assert_close((ranks[0][0] + ranks[1][0]) / 2, whole)
+    assert 0.0 < stats["confident"] < 1.0  # a lambda that depends on which crops are counted
+    for _, rank_stats in ranks:
+        torch.testing.assert_close(rank_stats["confident"], stats["confident"])
 
 
 def total_loss(student, batch: Batch, sample: Sample, cfg: AdaptConfig) -> float:

@@ -13,22 +13,33 @@ from torch import Tensor
 
 from dacs_uda.labels import IGNORE_INDEX
 from dacs_uda.models.deeplabv2 import upsample_logits
+from dacs_uda.utils.dist import RankMean, local
 
 
-def supervised_loss(model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+def supervised_loss(
+    model: torch.nn.Module, images: Tensor, labels: Tensor, rank_mean: RankMean = local
+) -> Tensor:
     """Cross-entropy of upsampled logits, averaged over non-ignored pixels (official ``CrossEntropy2d``).
+
+    Over several processes, the average is over the valid pixels of the *global* batch: each rank
+    divides its sum by the mean valid-pixel count of the ranks, so that the mean of the ranks' losses
+    (and DDP's mean of their gradients) is the loss of one process holding the whole batch. A rank whose
+    crops are all unlabelled then adds 0, not NaN.
 
     Args:
         model: Segmentation network returning logits at a lower resolution.
-        images: ``[B, 3, H, W]`` normalised images.
+        images: ``[B, 3, H, W]`` normalised images (this rank's share of the batch).
         labels: ``[B, H, W]`` int64 ground truth, ``IGNORE_INDEX`` where unlabelled.
+        rank_mean: Mean over the ranks (:func:`~dacs_uda.utils.dist.local` in a single process).
 
     Returns:
         0-dim loss tensor.
     """
     height, width = labels.shape[-2:]
     logits = upsample_logits(model(images), (height, width))
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    # sum / count rounds exactly as the "mean" reduction does (same sum, one division)
+    return total / rank_mean((labels != IGNORE_INDEX).sum())
 
 
 def weighted_cross_entropy(

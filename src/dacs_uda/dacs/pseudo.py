@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dacs_uda.utils.dist import RankMean, local
+
 
 @torch.no_grad()
 def teacher_probabilities(teacher_logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -50,21 +52,22 @@ def pseudo_labels(teacher_logits: Tensor, size: tuple[int, int]) -> tuple[Tensor
     return labels, confidence
 
 
-def confident_fraction(confidence: Tensor, threshold: float) -> Tensor:
+def confident_fraction(confidence: Tensor, threshold: float, rank_mean: RankMean = local) -> Tensor:
     """DACS ``lambda``: fraction of all pixels of the batch whose confidence is ``>= threshold``.
 
-    One scalar for the whole batch, computed on the unmixed teacher output (it also counts target pixels
-    that mixing later covers with source pixels), exactly as the official ``pixel_weight ==
+    One scalar for the whole (global) batch, computed on the unmixed teacher output (it also counts
+    target pixels that mixing later covers with source pixels), exactly as the official ``pixel_weight ==
     "threshold_uniform"`` branch.
 
     Args:
-        confidence: Max softmax probabilities, any shape (``[B, H, W]`` in practice).
+        confidence: Max softmax probabilities, any shape (``[B, H, W]`` in practice): this rank's share.
         threshold: Inclusive confidence threshold.
+        rank_mean: Mean over the ranks, whose shares are equal in size (identity in a single process).
 
     Returns:
         0-dim float32 tensor on ``confidence.device`` (no host sync).
     """
-    return (confidence >= threshold).float().mean()
+    return rank_mean((confidence >= threshold).float().mean())
 
 
 def pixel_weights(mask: Tensor, lam: Tensor | float) -> Tensor:
@@ -129,19 +132,33 @@ def align_distribution(probs: Tensor, prior: Tensor, running_mean: Tensor, eps: 
     return aligned / aligned.sum(dim=1, keepdim=True).clamp_min(eps)
 
 
-def update_running_mean(running_mean: Tensor, probs: Tensor, momentum: float) -> Tensor:
+def class_mean(probs: Tensor, rank_mean: RankMean = local) -> Tensor:
+    """``[C]`` mean class probability over the (global) batch and all pixels; detached.
+
+    Args:
+        probs: ``[B, C, H, W]`` class probabilities, this rank's equal share of the batch.
+        rank_mean: Mean over the ranks (identity in a single process).
+    """
+    return rank_mean(probs.detach().mean(dim=(0, 2, 3)))
+
+
+def update_running_mean(
+    running_mean: Tensor, probs: Tensor, momentum: float, rank_mean: RankMean = local
+) -> Tensor:
     """New running mean ``momentum * running_mean + (1 - momentum) * mean(probs)`` for alignment.
 
-    The mean is over the batch and all pixels, per class. Pure: returns a new tensor and leaves
-    ``running_mean`` unchanged; ``probs`` is detached (the statistic carries no gradient).
+    The mean is over the (global) batch and all pixels, per class (:func:`class_mean`). Pure: returns
+    a new tensor and leaves ``running_mean`` unchanged; ``probs`` is detached (the statistic carries no
+    gradient).
 
     Args:
         running_mean: ``[C]`` current running mean ``p~``.
-        probs: ``[B, C, H, W]`` class probabilities of the current target batch.
+        probs: ``[B, C, H, W]`` class probabilities of the current target batch (this rank's share).
         momentum: Weight of the old value, in ``[0, 1]``.
+        rank_mean: Mean over the ranks (identity in a single process).
 
     Returns:
         ``[C]`` updated running mean, dtype of ``running_mean``.
     """
-    batch_mean = probs.detach().mean(dim=(0, 2, 3)).to(running_mean.dtype)
+    batch_mean = class_mean(probs, rank_mean).to(running_mean.dtype)
     return momentum * running_mean + (1.0 - momentum) * batch_mean

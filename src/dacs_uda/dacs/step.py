@@ -20,6 +20,10 @@ EMA update of the teacher (:func:`update_teacher`).
 Randomness comes from a :class:`~dacs_uda.utils.rng.StepRandom`: sample ``b`` of the batch draws its
 mask and augmentation from ``rng.samples[b]``, the official once-per-batch augmentation decisions come
 from ``rng.batch``. Nothing here copies a value from the device to the host.
+
+Over several processes (DDP), each holds an equal share of the global batch, with the generators of
+its samples' global indices; the batch-wide statistics (lambda, the alignment mean, the source loss's
+valid-pixel count) go through ``rank_mean``, so every rank sees the global batch's values.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dacs_uda.dacs.mixing import class_mask, cutmix_mask, mix
 from dacs_uda.dacs.pseudo import (
     Alignment,
     align_distribution,
+    class_mean,
     confident_fraction,
     pixel_weights,
     teacher_probabilities,
@@ -43,6 +48,7 @@ from dacs_uda.dacs.pseudo import (
 )
 from dacs_uda.labels import IGNORE_INDEX
 from dacs_uda.models.deeplabv2 import upsample_logits
+from dacs_uda.utils.dist import RankMean, local
 from dacs_uda.utils.rng import StepRandom
 
 
@@ -64,7 +70,11 @@ class Sample:
 
 
 def teacher_predictions(
-    teacher: torch.nn.Module, images: torch.Tensor, cfg: AdaptConfig, alignment: Alignment | None
+    teacher: torch.nn.Module,
+    images: torch.Tensor,
+    cfg: AdaptConfig,
+    alignment: Alignment | None,
+    rank_mean: RankMean = local,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels and confidences of the teacher, distribution-aligned for ``dist_align``."""
     height, width = images.shape[-2:]
@@ -72,9 +82,10 @@ def teacher_predictions(
         probs = teacher_probabilities(teacher(images), (height, width))
     if cfg.method == "dist_align" and alignment is not None:
         alignment.running = update_running_mean(
-            probs.mean(dim=(0, 2, 3)) if alignment.running is None else alignment.running,
+            class_mean(probs, rank_mean) if alignment.running is None else alignment.running,
             probs,
             cfg.da_momentum,
+            rank_mean,
         )
         probs = align_distribution(probs, alignment.prior, alignment.running)
     confidence, labels = probs.max(dim=1)
@@ -82,7 +93,12 @@ def teacher_predictions(
 
 
 def _cross_domain_sample(
-    batch: Batch, labels_t: torch.Tensor, conf_t: torch.Tensor, cfg: AdaptConfig, rng: StepRandom
+    batch: Batch,
+    labels_t: torch.Tensor,
+    conf_t: torch.Tensor,
+    cfg: AdaptConfig,
+    rng: StepRandom,
+    rank_mean: RankMean,
 ) -> Sample:
     """Source pixels (a class mask, or a CutMix box) pasted onto the target crops (``dacs``, ``cutmix``)."""
     if cfg.method == "cutmix":
@@ -96,24 +112,30 @@ def _cross_domain_sample(
             ignore_index=IGNORE_INDEX,
             include_ignore=cfg.fidelity == "official",
         )
-    lam = confident_fraction(conf_t, cfg.pseudo_threshold)
+    lam = confident_fraction(conf_t, cfg.pseudo_threshold, rank_mean)
     images = mix(mask, batch.source_images, batch.target_images)
     return Sample(images, mix(mask, batch.source_labels, labels_t), pixel_weights(mask, lam), lam)
 
 
 def _target_target_sample(
-    images_t: torch.Tensor, labels_t: torch.Tensor, conf_t: torch.Tensor, cfg: AdaptConfig, rng: StepRandom
+    images_t: torch.Tensor,
+    labels_t: torch.Tensor,
+    conf_t: torch.Tensor,
+    cfg: AdaptConfig,
+    rng: StepRandom,
+    rank_mean: RankMean,
 ) -> Sample:
     """Naive ClassMix (``classmix``): each target crop mixed with its neighbour in the batch.
 
     Mixed sample ``b`` pastes the chosen classes of crop ``b`` (mask from its pseudo-label, drawn from
     ``rng.samples[b]``) onto crop ``b - 1`` (cyclically). Neighbouring samples are thus coupled: unlike
-    the other methods, a slice of the batch does not give the matching slice of the full-batch result.
+    the other methods, a slice of the batch does not give the matching slice of the full-batch result,
+    and a batch split over processes mixes within each rank's share.
     """
     mask = class_mask(labels_t, rng.samples, ignore_index=IGNORE_INDEX)
     images = mix(mask, images_t, images_t.roll(1, 0))
     labels = mix(mask, labels_t, labels_t.roll(1, 0))
-    lam = confident_fraction(mix(mask, conf_t, conf_t.roll(1, 0)), cfg.pseudo_threshold)
+    lam = confident_fraction(mix(mask, conf_t, conf_t.roll(1, 0)), cfg.pseudo_threshold, rank_mean)
     return Sample(images, labels, lam.expand_as(conf_t), lam)
 
 
@@ -131,19 +153,21 @@ def unsupervised_sample(
     cfg: AdaptConfig,
     rng: StepRandom,
     alignment: Alignment | None = None,
+    rank_mean: RankMean = local,
 ) -> Sample:
     """Build ``cfg.method``'s sample from the source crops and the teacher's view of the target crops.
 
     ``rng.samples`` holds one generator per sample (masks, per-image augmentation); ``rng.batch`` serves
     the official per-batch augmentation decisions. ``alignment`` (``dist_align`` only) is updated in place.
+    ``rank_mean`` makes lambda and the alignment mean those of the global batch (identity in one process).
     """
-    labels_t, conf_t = teacher_predictions(teacher, batch.target_images, cfg, alignment)
+    labels_t, conf_t = teacher_predictions(teacher, batch.target_images, cfg, alignment, rank_mean)
     if cfg.method in ("dacs", "dist_align", "cutmix"):
-        sample = _cross_domain_sample(batch, labels_t, conf_t, cfg, rng)
+        sample = _cross_domain_sample(batch, labels_t, conf_t, cfg, rng, rank_mean)
     elif cfg.method == "classmix":
-        sample = _target_target_sample(batch.target_images, labels_t, conf_t, cfg, rng)
+        sample = _target_target_sample(batch.target_images, labels_t, conf_t, cfg, rng, rank_mean)
     else:  # pseudo_label: self-training on the target crop itself
-        lam = confident_fraction(conf_t, cfg.pseudo_threshold)
+        lam = confident_fraction(conf_t, cfg.pseudo_threshold, rank_mean)
         # lambda on every pixel; a broadcast view, as the loss only reads it
         sample = Sample(batch.target_images, labels_t, lam.expand_as(conf_t), lam)
     return replace(sample, images=_strong_augment(sample.images, cfg, rng))
@@ -156,6 +180,7 @@ def dacs_loss(
     cfg: AdaptConfig,
     rng: StepRandom,
     alignment: Alignment | None = None,
+    rank_mean: RankMean = local,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of one step of ``cfg.method``: ``loss_source + cfg.mix_weight * loss_mix``.
 
@@ -166,15 +191,18 @@ def dacs_loss(
         cfg: Adaptation settings.
         rng: The step's generators, one per sample of ``batch`` in ``rng.samples``.
         alignment: Distribution-alignment state (``dist_align``), updated in place.
+        rank_mean: Mean over the ranks of the batch-wide statistics; :func:`~dacs_uda.utils.dist.local`
+            in a single process. Each rank's loss is scaled so that DDP's mean of the ranks' gradients
+            is the gradient of the global batch's loss.
 
     Returns:
         ``(loss, stats)``: the 0-dim total loss, and detached 0-dim tensors on the loss's device
         ``loss_source``, ``loss_mix`` and ``confident`` (lambda; both 0 for ``source_only``).
     """
-    loss_source = supervised_loss(student, batch.source_images, batch.source_labels)
+    loss_source = supervised_loss(student, batch.source_images, batch.source_labels, rank_mean)
     loss_mix = lam = loss_source.new_zeros(())
     if cfg.method != "source_only":
-        sample = unsupervised_sample(batch, teacher, cfg, rng, alignment)
+        sample = unsupervised_sample(batch, teacher, cfg, rng, alignment, rank_mean)
         height, width = sample.labels.shape[-2:]
         logits = upsample_logits(student(sample.images), (height, width))
         loss_mix = weighted_cross_entropy(logits, sample.labels, sample.weights, ignore_index=IGNORE_INDEX)

@@ -13,7 +13,8 @@ Files whose size differs from the requested size are still resized on load (bicu
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,10 @@ from dacs_uda.data.transforms import random_crop_box, resize_pair
 from dacs_uda.labels import IGNORE_INDEX, NUM_CLASSES
 from dacs_uda.utils.image import as_size, normalize
 from dacs_uda.utils.rng import keyed_generator
+
+# Batches each loader worker keeps decoded ahead (torch's default is 2): a 512x512 crop is 5 MiB (float
+# image, int64 label), so a deeper queue costs little memory and evens out uneven read and decode times.
+PREFETCH_BATCHES = 4
 
 
 def manifest_path(params: Params, domain: str) -> Path:
@@ -153,6 +158,9 @@ class KeyedCropSampler(Sampler[tuple[int, int, int]]):
     is asked for, so loader workers that pre-fetch keys, a resumed run starting at ``start_step`` and a
     batch split over processes all see the same crops. Crops use the official inclusive
     ``randint(0, W - w)`` bounds.
+
+    ``batch_size`` is the global batch; ``shard`` (default: all of it) the global indices this process
+    loads at every step, ``range(rank * b, (rank + 1) * b)`` for rank ``rank`` of a DDP run.
     """
 
     def __init__(
@@ -165,10 +173,14 @@ class KeyedCropSampler(Sampler[tuple[int, int, int]]):
         stream: str,
         batch_size: int,
         start_step: int = 0,
+        shard: range | None = None,
     ) -> None:
         self.length, self.height, self.width = length, size[1], size[0]
         self.crop = (crop[0], crop[1])
         self.seed, self.stream, self.batch_size, self.start_step = seed, stream, batch_size, start_step
+        self.shard = range(batch_size) if shard is None else shard
+        if not self.shard or not set(self.shard) <= set(range(batch_size)):
+            raise ValueError(f"shard {self.shard} is not a non-empty part of a batch of {batch_size}")
         self._epoch, self._order = -1, [0]
 
     def _frame(self, position: int) -> int:
@@ -186,8 +198,20 @@ class KeyedCropSampler(Sampler[tuple[int, int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         for step in itertools.count(self.start_step):
-            for index in range(self.batch_size):
+            for index in self.shard:
                 yield self.key(step, index)
+
+
+def loader_workers(setting: int, env: Mapping[str, str] = os.environ) -> int:
+    """Loader processes for ``data.num_workers``; -1 (auto): with a GPU, one per CPU core that this
+    node's training processes leave free (cores / processes - 1); without one, none, as training on the
+    CPU uses every core. Every crop is keyed, so the count never changes a result."""
+    if setting >= 0:
+        return setting
+    if not torch.cuda.is_available():
+        return 0
+    processes = int(env.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, (os.cpu_count() or 1) // processes - 1)
 
 
 def infinite_loader(
@@ -199,36 +223,46 @@ def infinite_loader(
     num_workers: int = 0,
     with_labels: bool = True,
     start_step: int = 0,
+    shard: range | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches of random crops from ``start_step`` on; ``sampler_key`` is the (seed, stream) of
-    :class:`KeyedCropSampler`."""
+    :class:`KeyedCropSampler`, ``batch_size`` the global batch, ``shard`` this process's part of it."""
     dataset = SegmentationDataset(manifest, size, crop, with_labels)
     seed, stream = sampler_key
     sampler = KeyedCropSampler(
-        len(dataset), size, crop, seed=seed, stream=stream, batch_size=batch_size, start_step=start_step
-    )
+        len(dataset), size, crop, seed=seed, stream=stream, batch_size=batch_size, start_step=start_step,
+        shard=shard,
+    )  # fmt: skip
+    num_workers = loader_workers(num_workers)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=len(sampler.shard),
         sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
     )
     return iter(loader)
 
 
 def domain_batches(
-    params: Params, section: str, domain: str, batch_size: int, with_labels: bool = True, start_step: int = 0
+    params: Params,
+    section: str,
+    domain: str,
+    batch_size: int,
+    with_labels: bool = True,
+    start_step: int = 0,
+    shard: range | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless training crops of ``domain`` for the stage ``section`` from ``start_step`` on, in the
-    stream ``section/domain``."""
+    stream ``section/domain``: the ``shard`` (default: all) of each global batch of ``batch_size``."""
     rows = read_manifest(manifest_path(params, domain), split="train")
     size = as_size(getattr(params.data, domain).resize)
     crop = as_size(params.data.crop)
     key = (params.seed, f"{section}/{domain}")
     return infinite_loader(
-        rows, size, crop, batch_size, key, params.data.num_workers, with_labels, start_step
+        rows, size, crop, batch_size, key, params.data.num_workers, with_labels, start_step, shard
     )
 
 

@@ -73,7 +73,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint on the CPU, with an error that says which stage makes it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `dvc repro` (the pretrain/adapt stages write it)")
+        raise FileNotFoundError(f"{path} not found: run `dvc repro` (the train@<section> stages write it)")
     return read_state(path)
 
 

@@ -11,6 +11,11 @@ teacher, optimiser, scaler, curve, extra state such as the distribution-alignmen
 atomically to ``<train.resume_dir>/<stage>.pt``. A rerun with the same params continues from it; as
 every random draw is keyed by seed and step (:mod:`dacs_uda.utils.rng`), the result is bit-identical
 to an uninterrupted run.
+
+Several processes (``torchrun``, :mod:`dacs_uda.utils.dist`): the task's ``ranks`` say where this one
+stands. Each trains on its share of the global batch with the student in DDP; rank 0 alone writes
+(resume states, outputs) and shows progress; every rank reads the resume state. The curve's statistics
+are averaged over the ranks once per log window, not per step.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dacs_uda.config import LoopConfig, OptimConfig, Params, params_hash
+from dacs_uda.config import LoopConfig, OptimConfig, Params, params_hash, run_outputs
 from dacs_uda.models.checkpoint import read_state, save_checkpoint, write_state
 from dacs_uda.optim import set_lr
-from dacs_uda.train.curve import CurveLogger
+from dacs_uda.train.curve import CurveLogger, LiveFiles
+from dacs_uda.train.validation import Validator, build_validator, validated_models
+from dacs_uda.utils.dist import SINGLE, Ranks, same_on_every_rank, sync_batchnorm
 from dacs_uda.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,7 @@ class TrainTask:
     after_step: Callable[[int], None] | None = None
     teacher: torch.nn.Module | None = None  # saved with the model (adaptation's EMA teacher)
     extra_state: Mapping[str, Stateful] = field(default_factory=dict)  # resumed with the rest
+    ranks: Ranks = SINGLE  # this process's place among the training processes
 
 
 @dataclass(frozen=True)
@@ -88,14 +97,32 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def prepare_module(module: torch.nn.Module, loop: LoopConfig) -> torch.nn.Module:
-    """``module`` in the loop's memory format, compiled when asked (call it for student and teacher).
+def prepare_module(
+    module: torch.nn.Module, loop: LoopConfig, ranks: Ranks = SINGLE, *, trained: bool = False
+) -> torch.nn.Module:
+    """``module`` as the loop runs it (call it for student and teacher): in the loop's memory format,
+    over several processes with global-batch BatchNorm (``train.sync_bn``) and, when ``trained``, in
+    DDP; compiled when asked.
 
     Returns the module to run; the module itself (whose state dict has plain keys) stays the one to save.
     """
     if loop.channels_last:
         module.to(memory_format=torch.channels_last)
-    return torch.compile(module) if loop.compile else module  # type: ignore[return-value]
+    run = module
+    if ranks.distributed:
+        device = next(module.parameters()).device
+        if loop.sync_bn:
+            sync_batchnorm(module, device)
+        if trained:
+            # static graph: DACS runs the student twice per backward, and official ASPP leaves branches
+            # unused; with sync_bn every rank already holds the same BN statistics (no buffer broadcast).
+            run = DistributedDataParallel(
+                module,
+                device_ids=None if device.type == "cpu" else [device],
+                forward_sync_buffers=not loop.sync_bn,
+                static_graph=True,
+            )
+    return torch.compile(run) if loop.compile else run  # type: ignore[return-value]
 
 
 def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> Tensors:
@@ -151,18 +178,51 @@ def restore(
     return int(state["step"]), float(state["seconds"])
 
 
+def mean_window_over_ranks(
+    curve: CurveLogger, stats: dict[str, torch.Tensor], ranks: Ranks
+) -> dict[str, torch.Tensor]:
+    """At the step that closes a log window: the open window's sums in ``curve``, and the step's
+    ``stats`` (returned), replaced by their means over the ranks, so that the row is the global batch's.
+
+    One collective per window: the steps in between stay free of cross-rank traffic for the curve.
+    """
+    state = curve.state_dict()
+    keys, open_keys = list(stats), [key for key in stats if key in state["sums"]]
+    local = torch.stack([stats[key].double() for key in keys] + [state["sums"][key] for key in open_keys])
+    means = ranks.mean(local)
+    state["sums"] = {**state["sums"], **dict(zip(open_keys, means[len(keys) :], strict=True))}
+    curve.load_state_dict(state)
+    return dict(zip(keys, means[: len(keys)], strict=True))
+
+
 def fit(
-    task: TrainTask, device: torch.device, log_every: int, loop: LoopConfig, resume: Path, run_id: str
+    task: TrainTask,
+    device: torch.device,
+    log_every: int,
+    loop: LoopConfig,
+    resume: Path,
+    run_id: str,
+    files: LiveFiles | None = None,
+    validator: Validator | None = None,
 ) -> TrainResult:
-    """Run ``task`` to ``task.optim.iterations`` steps, continuing from ``resume`` when it is this run's."""
+    """Run ``task`` to ``task.optim.iterations`` steps, continuing from ``resume`` when it is this run's.
+
+    ``files``: where the curves and latest metrics are rewritten while it runs; ``validator``: target-val
+    mIoU every ``eval_every`` steps (rank 0 only: the other ranks wait at their next collective).
+    """
     scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
-    curve = CurveLogger(log_every)
+    curve = CurveLogger(log_every, files if task.ranks.is_main else None)
     start, seconds = restore(resume, run_id, task, scaler, curve)
-    batches, clock = task.batches(start), time.perf_counter()
-    total = task.optim.iterations
-    progress = tqdm(
-        range(start, total), desc=task.name, unit="step", mininterval=5.0, initial=start, total=total
+    curve.flush()  # the files as the resumed state has them: drops what a killed run logged after it
+    same_on_every_rank(
+        start, f"the step resumed from {resume} (put train.resume_dir where every node reads it)"
     )
+    batches, clock = task.batches(start), time.perf_counter()
+    total, ranks = task.optim.iterations, task.ranks
+    progress = tqdm(
+        range(start, total), desc=task.name, unit="step", mininterval=5.0, initial=start, total=total,
+        disable=not ranks.is_main,
+    )  # fmt: skip
     for step in progress:
         lr = set_lr(task.optimizer, task.optim, step)
         with autocast(device, loop.precision):
@@ -170,11 +230,16 @@ def fit(
         optimizer_step(task.optimizer, loss, scaler)
         if task.after_step is not None:
             task.after_step(step)
+        if ranks.distributed and (step + 1) % log_every == 0:
+            stats = mean_window_over_ranks(curve, stats, ranks)
         row = curve.add(step, {**stats, "lr": lr})
         if row:
             progress.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "lr")})
         done = step + 1
-        if done == total or (loop.checkpoint_every and done % loop.checkpoint_every == 0):
+        if validator is not None and validator.due(done) and ranks.is_main:  # before the checkpoint: resumed
+            curve.add_validation(done, validator(done, validated_models(task.model, task.teacher)))
+        checkpoint = done == total or (loop.checkpoint_every and done % loop.checkpoint_every == 0)
+        if checkpoint and ranks.is_main:
             elapsed = seconds + time.perf_counter() - clock
             write_state(resume, _state(task, scaler, curve, done, elapsed, run_id))
     return TrainResult(curve, seconds + time.perf_counter() - clock)
@@ -183,10 +248,10 @@ def fit(
 def write_outputs(
     task: TrainTask, result: TrainResult, params: Params, section: str, run_lineage: dict[str, Any]
 ) -> None:
-    """The checkpoint, learning curve and metrics of the training stage ``section`` of ``params``."""
-    cfg = getattr(params, section)
+    """The checkpoint and final metrics of the training stage ``section`` (its curves are already written)."""
+    out = run_outputs(params, section)
     save_checkpoint(
-        cfg.checkpoint,
+        out.checkpoint,
         task.model,
         params,
         run_lineage,
@@ -194,23 +259,21 @@ def write_outputs(
         ema_model=task.teacher,
         optimizer=task.optimizer,
     )
-    result.curve.write(cfg.curve)
-    final = result.curve.rows[-1] if result.curve.rows else {}
-    metrics = {
-        **{f"train/{k}": v for k, v in final.items() if k not in ("step", "lr")},
-        "steps": task.optim.iterations,
-        "seconds": round(result.seconds, 1),
-    }
-    write_json(cfg.metrics, metrics)
-    log.info("%s: wrote %s (%.0f s)", section, cfg.checkpoint, result.seconds)
+    metrics = {**result.curve.metrics(), "steps": task.optim.iterations, "seconds": round(result.seconds, 1)}
+    write_json(out.metrics, metrics)
+    log.info("%s: wrote %s (%.0f s)", section, out.checkpoint, result.seconds)
 
 
 def train_stage(
     params: Params, section: str, task: TrainTask, device: torch.device, run_lineage: dict[str, Any]
 ) -> None:
     """Fit ``task`` (resuming when a state of this configuration exists) and write the stage's outputs."""
-    cfg = getattr(params, section)
+    cfg, out = getattr(params, section), run_outputs(params, section)
     log.info("%s: %d steps, %s, device %s, %s", section, task.optim.iterations, task.name, device,
              params.train.precision)  # fmt: skip
-    result = fit(task, device, cfg.log_every, params.train, resume_path(params, section), params_hash(params))
-    write_outputs(task, result, params, section, run_lineage)
+    files = LiveFiles(out.curve, out.validation, out.metrics)
+    validator = build_validator(params, section, device) if task.ranks.is_main else None
+    result = fit(task, device, cfg.log_every, params.train, resume_path(params, section), params_hash(params),
+                 files, validator)  # fmt: skip
+    if task.ranks.is_main:
+        write_outputs(task, result, params, section, run_lineage)
