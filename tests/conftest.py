@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dacs_uda.config import ModelConfig, Params, compose_params
@@ -77,3 +78,13 @@ def in_tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, tiny_params())
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread (``pytestmark = pytest.mark.usefixtures("one_thread")``): faster on small
+    tensors, and far faster on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,6 +18,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dacs_uda.labels import NUM_CLASSES
+
 PARAMS_FILE = Path("params.yaml")
 # The defaults, and the only place they live: Hydra composes them into params.yaml (dvc exp run).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -219,6 +221,8 @@ class OptimConfig:
     # parameter generator lists it (stem 1, bottleneck convs 3, downsample convs 4), sequentially with
     # one momentum buffer; false: one update per parameter (clean).
     duplicate_backbone_updates: bool
+    # linear warm-up over the first steps (DAFormer: 1500 of 40k, from 1e-6 of the lr); 0: none
+    warmup_iters: int
 
     def _validate(self, section: str) -> None:
         _check(self.iterations >= 1, f"{section}.optim.iterations", "must be >= 1")
@@ -228,6 +232,12 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, f"{section}.optim.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, f"{section}.optim.weight_decay", "must be >= 0")
         _check(self.poly_power >= 0, f"{section}.optim.poly_power", "must be >= 0")
+        _check(
+            0 <= self.warmup_iters <= self.iterations,
+            f"{section}.optim.warmup_iters",
+            f"must be in [0, {section}.optim.iterations = {self.iterations}] (0: no warm-up), "
+            f"got {self.warmup_iters}",
+        )
 
 
 @dataclass
@@ -280,6 +290,77 @@ class TrainConfig:
 
 
 @dataclass
+class MicConfig:
+    """Masked image consistency (MIC, Hoyer et al. CVPR 2023; ``dacs_uda.dacs.mic``).
+
+    The student also sees each target crop with random square blocks hidden and learns the teacher's
+    pseudo-labels of the whole crop there, weighted by lambda like the mixed loss.
+    """
+
+    enabled: bool
+    block_size: int  # side of a square block in pixels (MIC: 64 at full resolution, 32 at half)
+    mask_ratio: float  # probability that a block is hidden (MIC: 0.7)
+    weight: float  # lambda_MIC, the masked loss's weight in the step's loss (MIC: 1)
+    # colour jitter + blur (adapt.jitter_*, adapt.blur_*) on the target crop before the mask, as MIC's
+    # `separatetrgaug`; false: the masked crop is otherwise unaugmented (MIC's `separatetrg`)
+    augment: bool
+
+    def _validate(self, method: str) -> None:
+        _check(self.block_size >= 1, "adapt.mic.block_size", "must be >= 1 (pixels)")
+        _check(0 <= self.mask_ratio <= 1, "adapt.mic.mask_ratio", "must be a probability in [0, 1]")
+        _check(self.weight >= 0, "adapt.mic.weight", "must be >= 0")
+        _check(
+            not (self.enabled and method == "source_only"),
+            "adapt.mic.enabled",
+            "needs a teacher's pseudo-labels: set it false with adapt.method source_only",
+        )
+
+
+@dataclass
+class RcsConfig:
+    """Rare Class Sampling of the adaptation's source crops (DAFormer, Hoyer et al. CVPR 2022;
+    ``dacs_uda.data.rcs``): a class drawn with P(c) = softmax((1 - f_c) / T), then a frame holding
+    more than ``min_pixels`` of it, then a crop holding enough of it."""
+
+    enabled: bool
+    temperature: float  # T (DAFormer: 0.01); lower draws the rarest classes more often
+    min_pixels: int  # a frame counts for class c with more than this many pixels of c, at the prepared size
+    min_crop_ratio: float  # a crop must hold more than min_crop_ratio * min_pixels pixels of c
+    max_crop_tries: int  # crops drawn at most to meet min_crop_ratio (1: the first crop, no check)
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "adapt.rcs.temperature", "must be > 0")
+        _check(self.min_pixels >= 0, "adapt.rcs.min_pixels", "must be >= 0")
+        _check(self.min_crop_ratio >= 0, "adapt.rcs.min_crop_ratio", "must be >= 0")
+        _check(self.max_crop_tries >= 1, "adapt.rcs.max_crop_tries", "must be >= 1")
+
+
+@dataclass
+class FdConfig:
+    """Thing-class feature distance (DAFormer, Hoyer et al. CVPR 2022; ``dacs_uda.dacs.fd``): the student's
+    bottleneck features on the source crops kept near a frozen copy of the model adaptation starts from,
+    on the pixels whose downscaled source label is a thing class."""
+
+    enabled: bool
+    weight: float  # lambda_FD (DAFormer: 0.005)
+    classes: list[int]  # training ids (DAFormer: 6, 7, 11-18: lights, signs, people, vehicles)
+    # a feature pixel takes its window's majority label only when that label covers at least this share
+    # of the window (DAFormer: 0.75), else it is left out
+    scale_min_ratio: float
+
+    def __post_init__(self) -> None:
+        _check(self.weight >= 0, "adapt.fd.weight", f"must be >= 0, got {self.weight}")
+        _check(
+            len(self.classes) > 0
+            and len(set(self.classes)) == len(self.classes)
+            and all(0 <= c < NUM_CLASSES for c in self.classes),
+            "adapt.fd.classes",
+            f"must be distinct training ids in [0, {NUM_CLASSES}), got {self.classes}",
+        )
+        _check(0 < self.scale_min_ratio <= 1, "adapt.fd.scale_min_ratio", "must be in (0, 1]")
+
+
+@dataclass
 class AdaptConfig:
     """DACS adaptation (paper constants as defaults)."""
 
@@ -301,9 +382,12 @@ class AdaptConfig:
     cutmix_area: float  # method cutmix: fraction of the target covered by the source box
     da_prior: str
     da_momentum: float  # method dist_align: running mean of teacher predictions
+    fd: FdConfig  # thing-class feature distance to the initial model (off: none)
     log_every: int
     eval_every: int  # steps between target-val validations of student and teacher (0: none)
     eval_images: int  # target-val images each validation scores (0: all)
+    mic: MicConfig
+    rcs: RcsConfig  # source crops by rare class sampling (off: DACS's uniform frames and crops)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "adapt.method", f"must be one of {METHODS}, got {self.method!r}")
@@ -331,6 +415,7 @@ class AdaptConfig:
         _check(self.log_every >= 1, "adapt.log_every", "must be >= 1")
         _check_validation(self.eval_every, self.eval_images, "adapt")
         self.optim._validate("adapt")
+        self.mic._validate(self.method)
 
 
 @dataclass

@@ -6,6 +6,9 @@ backbone parameter generator (``get_1x_lr_params_NOscale``) yields a parameter o
 for-loop ``SGD.step`` of PyTorch 1.5 applied every listed occurrence as a full update with the same
 ``.grad`` and one shared momentum buffer. :class:`RepeatedSGD` performs those updates explicitly; duplicate
 tensors are never handed to ``torch.optim.SGD``, whose modern implementations treat them differently.
+
+``optim.warmup_iters`` adds DAFormer's linear warm-up (``configs/_base_/schedules/poly10warm.py``: mmcv's
+``LrUpdaterHook`` with ``warmup='linear'``, ``warmup_ratio=1e-6``), see :func:`warmup_factor`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,25 @@ from torch import nn
 from dacs_uda.config import OptimConfig
 from dacs_uda.models.deeplabv2 import DeepLabV2
 
+# DAFormer's warmup_ratio: the first step's lr is this fraction of the schedule's (near 0, never 0).
+WARMUP_RATIO = 1e-6
+
 
 def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
     """``base_lr * (1 - step / total) ** power`` (no warm-up)."""
     return base_lr * (1.0 - step / total) ** power
+
+
+def warmup_factor(step: int, warmup_iters: int, ratio: float = WARMUP_RATIO) -> float:
+    """What the scheduled lr is multiplied by at 0-based ``step``: mmcv's linear warm-up.
+
+    ``1 - (1 - step / warmup_iters) * (1 - ratio)`` while ``step < warmup_iters``, else exactly 1: from
+    ``ratio`` at step 0 up to 1 at ``warmup_iters``. As in mmcv, it scales the poly schedule's value *at
+    that step* (not a ramp to a fixed target), so the warmed lr meets the poly curve at ``warmup_iters``.
+    """
+    if step >= warmup_iters:
+        return 1.0
+    return 1.0 - (1.0 - step / warmup_iters) * (1.0 - ratio)
 
 
 def official_backbone_listing(model: DeepLabV2) -> list[nn.Parameter]:
@@ -111,9 +129,18 @@ def build_optimizer(model: DeepLabV2, cfg: OptimConfig) -> torch.optim.Optimizer
     return RepeatedSGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def scheduled_lr(cfg: OptimConfig, step: int) -> float:
+    """The backbone lr at ``step``: poly schedule, warmed up over ``cfg.warmup_iters`` (0: none)."""
+    # after the warm-up (always, with 0) the factor is exactly 1.0: the plain poly value, bit for bit
+    return poly_lr(cfg.lr, step, cfg.iterations, cfg.poly_power) * warmup_factor(step, cfg.warmup_iters)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, cfg: OptimConfig, step: int) -> float:
-    """Apply the poly schedule at ``step`` (before the forward pass, as officially); return the base lr."""
-    lr = poly_lr(cfg.lr, step, cfg.iterations, cfg.poly_power)
+    """Apply :func:`scheduled_lr` at ``step`` (before the forward pass, as officially); return it.
+
+    The classifier group gets ``head_lr_mult`` times it, warm-up included (mmcv warms every group alike).
+    """
+    lr = scheduled_lr(cfg, step)
     optimizer.param_groups[0]["lr"] = lr
     optimizer.param_groups[1]["lr"] = lr * cfg.head_lr_mult
     return lr

@@ -10,10 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dacs_uda.config import load_params
 from dacs_uda.data import prepare
-from dacs_uda.data.datasets import SegmentationDataset, read_manifest
+from dacs_uda.data.datasets import SegmentationDataset, domain_batches, manifest_path, read_manifest
 from dacs_uda.data.formats import FORMATS, read_label_ids, to_train_ids
 from dacs_uda.data.manifest import build_manifest, io_processes
+from dacs_uda.data.rcs import class_pixel_counts, class_pixels_path, read_class_pixels
+from dacs_uda.labels import IGNORE_INDEX, NUM_CLASSES
 from tests.data import fixtures
 
 SIZE = (32, 18)
@@ -165,3 +168,39 @@ def test_unknown_label_encoding_is_rejected(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="unknown label_encoding"):
         read_manifest(path)
+
+
+def test_class_pixels_are_counted_as_training_reads_the_labels(trees: Path, tmp_path: Path) -> None:
+    out, _ = prepare.prepare_domain(rows_of(trees, "gta5"), "gta5", tmp_path, SIZE, workers=1)
+    labels = out["label"].tolist()
+    serial = prepare.count_class_pixels(labels, SIZE, workers=1)
+    np.testing.assert_array_equal(prepare.count_class_pixels(labels, SIZE, workers=2), serial)
+    assert serial.shape == (4, NUM_CLASSES) and serial.dtype == np.int64
+    for row, raw in zip(serial, out["raw_label"], strict=True):
+        ids = expected_train_ids(raw, "gta5", SIZE)
+        assert row.tolist() == [int((ids == c).sum()) for c in range(NUM_CLASSES)]
+        assert row.sum() == (ids != IGNORE_INDEX).sum() > 0
+    assert prepare.count_class_pixels([], SIZE).shape == (0, NUM_CLASSES)
+
+
+def test_prepare_stage_writes_the_class_pixels_that_rare_class_sampling_reads(in_tmp_project: Path) -> None:
+    from dacs_uda.stages import data as data_stage
+    from dacs_uda.stages import prepare as prepare_stage
+    from dacs_uda.stages import validate
+
+    assert data_stage.main() == 0 and validate.main() == 0 and prepare_stage.main() == 0
+    params = load_params()
+    rows = read_manifest(manifest_path(params, "source"))
+    path = class_pixels_path(params.data.prepared, "source")
+    assert path == Path("data/prepared/source_class_pixels.csv") and (in_tmp_project / path).is_file()
+    pixels = read_class_pixels(path, rows["label"].tolist())
+    dataset = SegmentationDataset(rows, tuple(params.data.source.resize))
+    for index, row in enumerate(pixels):
+        np.testing.assert_array_equal(row, class_pixel_counts(dataset.label(index)))
+    params.adapt.rcs.enabled = True
+    batch = next(domain_batches(params, "adapt", "source", 2))
+    assert batch["label"].shape == (2, *params.data.crop)
+    path.unlink()  # the adaptation's source crops need the counts; pretraining's do not
+    assert next(domain_batches(params, "pretrain", "source", 2))["label"].shape == batch["label"].shape
+    with pytest.raises(FileNotFoundError, match="source_class_pixels.csv not found.*dvc repro prepare"):
+        domain_batches(params, "adapt", "source", 2)

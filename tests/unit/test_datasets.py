@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from dacs_uda.config import RcsConfig
 from dacs_uda.data.datasets import KeyedCropSampler, SegmentationDataset, load_pair, read_manifest
+from dacs_uda.data.rcs import RareClassSampler, class_pixel_counts, rare_plan
 from dacs_uda.labels import IGNORE_INDEX, cityscapes_palette_bytes
 from dacs_uda.utils.image import IMG_MEAN_BGR, denormalize, normalize
 from dacs_uda.utils.rng import keyed_generator
@@ -272,3 +274,51 @@ def test_auto_loader_workers_use_the_cores_the_training_processes_leave(monkeypa
     monkeypatch.setattr(datasets.torch.cuda, "is_available", lambda: True)
     assert datasets.loader_workers(-1, {}) == 15
     assert datasets.loader_workers(-1, {"LOCAL_WORLD_SIZE": "2"}) == 7  # two GPUs on the node
+
+
+def _rare_sampler(labels: dict[int, np.ndarray], **kwargs) -> KeyedCropSampler:
+    cfg = RcsConfig(enabled=True, temperature=0.01, min_pixels=20, min_crop_ratio=0.5, max_crop_tries=10)
+    pixels = np.stack([class_pixel_counts(labels[i]) for i in range(len(labels))])
+    rare = RareClassSampler(rare_plan(pixels, cfg), labels.__getitem__)
+    return sampler(len(labels), batch=4, rare=rare, **kwargs)
+
+
+def _street_labels(count: int) -> dict[int, np.ndarray]:
+    """Road frames (20 x 40, like SIZE); frame 3 alone holds a 5 x 6 patch of bus (class 15)."""
+    labels = {i: np.zeros((SIZE[1], SIZE[0]), dtype=np.uint8) for i in range(count)}
+    labels[3][10:15, 30:36] = 15
+    return labels
+
+
+def test_rare_class_keys_are_keyed_by_step_and_index_and_shardable() -> None:
+    labels = _street_labels(6)
+    whole = _draws(_rare_sampler(labels), 40)  # steps 0-9
+    one = _rare_sampler(labels)
+    assert [one.key(step, i) for step in range(10) for i in range(4)] == whole
+    assert one.rare is not None
+    assert one.key(7, 3) == one.rare.draw(CROP, keyed_generator(0, "source", "rcs", 7, 3))
+    assert _draws(_rare_sampler(labels, start_step=6), 16) == whole[24:]
+    shards = [_draws(_rare_sampler(labels, shard=range(2 * r, 2 * r + 2)), 4) for r in range(2)]
+    for step in range(2):
+        assert (
+            shards[0][2 * step : 2 * step + 2] + shards[1][2 * step : 2 * step + 2]
+            == whole[4 * step : 4 * step + 4]
+        )
+    # bus (30 px, f 30/4800) outweighs road by exp(~99): every key is frame 3 with > 10 px of bus in the crop
+    for frame, y, x in whole:
+        assert frame == 3 and np.count_nonzero(labels[3][y : y + CROP[0], x : x + CROP[1]] == 15) > 10
+    # and the uniform sampler, off, still walks the epoch permutation
+    assert {d[0] for d in _draws(sampler(6, batch=4), 40)} == set(range(6))
+
+
+def test_dataset_label_is_the_label_of_the_whole_item(tmp_path: Path) -> None:
+    manifest = pd.DataFrame(
+        {
+            "split": ["train"],
+            "image": [str(_image(tmp_path / "image.png", W, H))],
+            "label": [str(_gta5_label(tmp_path / "label.png", LABEL_IDS))],
+        }
+    )
+    np.testing.assert_array_equal(SegmentationDataset(manifest, (W, H)).label(0), TRAIN_IDS)
+    with pytest.raises(ValueError, match="frame 0 .*image.png.* has no label"):
+        SegmentationDataset(manifest, (W, H), with_labels=False).label(0)

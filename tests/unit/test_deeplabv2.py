@@ -106,6 +106,20 @@ def test_stage_sizes_on_real_tensors() -> None:
     assert upsample_logits(torch.zeros(1, 19, 65, 65), (512, 512)).shape == (1, 19, 512, 512)
 
 
+def test_return_features_gives_the_same_logits_and_layer4s_output() -> None:
+    """adapt.fd's flag: one pass gives the logits and the ASPP's input; the plain call is unchanged."""
+    model = DeepLabV2(tiny()).train()  # train mode: BN on batch statistics, as in the adaptation step
+    seen: list[torch.Tensor] = []
+    model.layer4.register_forward_hook(lambda m, i, o: seen.append(o))
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    keys = list(model.state_dict())
+    logits, features = model(images, return_features=True)
+    assert torch.equal(logits, model(images)) and torch.equal(features, seen[0])
+    assert features.shape == (2, 32 * 4, 9, 9)  # 32 x width channels (2048 for ResNet-101)
+    assert torch.equal(model.features(images), features)
+    assert list(model.state_dict()) == keys  # no new module, buffer or parameter
+
+
 # ---------------------------------------------------------------- ResNet-101 structure (§2)
 
 

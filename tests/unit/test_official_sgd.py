@@ -26,13 +26,7 @@ TINY = tiny_model()
 OPTIM = compose_params().pretrain.optim  # the embedded default's SGD (lr 0.01, momentum 0.9, wd 5e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: faster on these small tensors, and far faster on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def scalar(value: float, dtype=torch.float64) -> nn.Parameter:

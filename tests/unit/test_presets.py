@@ -157,3 +157,26 @@ def test_the_step_time_is_measured_on_the_stage_own_task() -> None:
     for section in ("adapt", "pretrain"):
         seconds = plan.measure_step_seconds(params, section, torch.device("cpu"), steps=2)
         assert 0 < seconds < 60
+
+
+def test_the_strategies_preset_is_dacs_gta5_plus_the_four_strategies_at_their_constants() -> None:
+    base, params = (
+        compose_params(["experiment=dacs_gta5"]),
+        compose_params(["experiment=dacs_gta5_strategies"]),
+    )
+    cfg = params.adapt
+    assert (cfg.optim.warmup_iters, cfg.optim.lr, cfg.optim.iterations) == (1500, 2.5e-4, 250_000)
+    assert cfg.rcs.enabled and (cfg.rcs.temperature, cfg.rcs.min_pixels, cfg.rcs.min_crop_ratio) == (
+        0.01,
+        3000,
+        0.5,
+    )
+    assert (
+        cfg.fd.enabled and cfg.fd.weight == 0.005 and cfg.fd.classes == [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
+    )
+    assert cfg.mic.enabled and (cfg.mic.block_size, cfg.mic.mask_ratio, cfg.mic.weight) == (32, 0.7, 1.0)
+    strategies = ("optim", "rcs", "fd", "mic")
+    assert {k: v for k, v in vars(cfg).items() if k not in strategies} == {
+        k: v for k, v in vars(base.adapt).items() if k not in strategies
+    }
+    assert (params.model, params.data, params.runs) == (base.model, base.data, base.runs)

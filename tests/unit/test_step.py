@@ -12,12 +12,21 @@ import torch
 from dacs_uda.config import AdaptConfig
 from dacs_uda.dacs.ema import make_teacher
 from dacs_uda.dacs.losses import supervised_loss, weighted_cross_entropy
+from dacs_uda.dacs.mic import block_mask
 from dacs_uda.dacs.pseudo import Alignment
-from dacs_uda.dacs.step import Batch, Sample, dacs_loss, unsupervised_sample, update_teacher
+from dacs_uda.dacs.step import (
+    Batch,
+    Sample,
+    dacs_loss,
+    masked_consistency_loss,
+    teacher_predictions,
+    unsupervised_sample,
+    update_teacher,
+)
 from dacs_uda.models.deeplabv2 import build_model, upsample_logits
 from dacs_uda.optim import build_optimizer
 from dacs_uda.train.loop import optimizer_step
-from dacs_uda.utils.rng import StepRandom, step_random
+from dacs_uda.utils.rng import StepRandom, step_random, substream
 from tests.conftest import tiny_params
 
 PARAMS = tiny_params()  # the composed conf/ defaults (method dacs, official fidelity), width-4 model
@@ -201,14 +210,15 @@ def _replay(rank: int, record: tuple[list, list], seen: tuple[list, list] | None
     return mean
 
 
+@pytest.mark.parametrize("mic", [False, True])
 @pytest.mark.parametrize("method", ["dacs", "cutmix", "pseudo_label", "dist_align"])
-def test_the_ranks_losses_average_to_the_loss_of_the_whole_batch(method: str) -> None:
+def test_the_ranks_losses_average_to_the_loss_of_the_whole_batch(method: str, mic: bool) -> None:
     # Two ranks hold half of a batch of 4 each, with their samples' generators; the valid-pixel count,
     # lambda and the alignment mean go through rank_mean. With per-sample networks (BN on running
     # statistics), the mean of their losses, which DDP's gradient average follows, is the batch's loss.
     torch.manual_seed(0)
     student, teacher = build_model(PARAMS.model).eval(), build_model(PARAMS.model).eval()
-    cfg = adapt_cfg(method=method, fidelity="official", jitter_p=0.5, blur_p=0.5)
+    cfg = with_mic(adapt_cfg(method=method, fidelity="official", jitter_p=0.5, blur_p=0.5), enabled=mic)
     batch, prior = make_batch(4), torch.full((19,), 1 / 19)
 
     def alignment() -> Alignment | None:
@@ -228,6 +238,7 @@ def test_the_ranks_losses_average_to_the_loss_of_the_whole_batch(method: str) ->
     assert 0.0 < stats["confident"] < 1.0  # a lambda that depends on which crops are counted
     for _, rank_stats in ranks:
         torch.testing.assert_close(rank_stats["confident"], stats["confident"])
+    assert ("loss_mic" in stats) == mic
 
 
 def total_loss(student, batch: Batch, sample: Sample, cfg: AdaptConfig) -> float:
@@ -282,15 +293,19 @@ def _no_host_copy(*_args, **_kwargs):
     raise AssertionError("a tensor was turned into a Python value (a host sync on a GPU)")
 
 
+@pytest.mark.parametrize("mic", [False, True])
 @pytest.mark.parametrize("method", ["dacs", "cutmix", "classmix", "pseudo_label", "dist_align"])
-def test_dacs_loss_turns_no_tensor_into_a_python_value(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dacs_loss_turns_no_tensor_into_a_python_value(
+    method: str, mic: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     student = build_model(PARAMS.model).train()
     teacher = make_teacher(student).train()
     alignment = Alignment(prior=torch.full((19,), 1 / 19)) if method == "dist_align" else None
     for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
         monkeypatch.setattr(torch.Tensor, name, _no_host_copy)
-    dacs_loss(student, teacher, make_batch(2), adapt_cfg(method=method), rng(2), alignment)
+    cfg = with_mic(adapt_cfg(method=method), enabled=mic)
+    dacs_loss(student, teacher, make_batch(2), cfg, rng(2), alignment)
 
 
 @pytest.mark.parametrize(("step", "alpha"), [(0, 0.0), (1, 0.5), (500, 0.99)])
@@ -317,3 +332,106 @@ def test_clean_fidelity_teacher_takes_the_students_running_statistics() -> None:
     )
     assert not torch.equal(teacher_official.bn1.running_mean, student.bn1.running_mean)
     assert not torch.equal(teacher_official.bn1.running_mean, before)  # its own target-batch statistics
+
+
+def with_mic(cfg: AdaptConfig, **changes) -> AdaptConfig:
+    return replace(cfg, mic=replace(cfg.mic, **changes))
+
+
+class Recording(torch.nn.Module):
+    """A model that remembers the inputs of its forward passes."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x)
+        return self.model(x)
+
+
+def test_mic_trains_on_the_masked_crop_against_the_unmasked_pseudo_labels() -> None:
+    torch.manual_seed(0)
+    student = Recording(build_model(PARAMS.model).eval())
+    batch, cfg = make_batch(2), with_mic(no_aug(), enabled=True, block_size=8, augment=False)
+    labels_t, conf_t = teacher_predictions(ConstantTeacher(margin=10.0), batch.target_images, cfg, None)
+    loss = masked_consistency_loss(student, batch.target_images, labels_t, conf_t, cfg, rng(2))
+    visible = block_mask(H, W, substream(rng(2), "mic").samples, block_size=8, mask_ratio=0.7)
+    assert 0 < int(visible.sum()) < visible.numel()
+    (seen,) = student.inputs
+    assert torch.equal(seen, batch.target_images * visible.unsqueeze(1))
+    # lambda 1 (margin 10): the plain cross-entropy against class 2, the teacher's label everywhere
+    with torch.no_grad():
+        logits = upsample_logits(student.model(seen), (H, W))
+    expected = torch.nn.functional.cross_entropy(logits, torch.full((2, H, W), 2))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_mic_loss_is_weighted_by_lambda_of_the_unmasked_crop() -> None:
+    torch.manual_seed(0)
+    student = build_model(PARAMS.model).eval()
+    batch, cfg = make_batch(2), with_mic(no_aug(), enabled=True)
+    unsure = teacher_predictions(ConstantTeacher(margin=1.0), batch.target_images, cfg, None)
+    with torch.no_grad():
+        assert float(masked_consistency_loss(student, batch.target_images, *unsure, cfg, rng(2))) == 0.0
+        sure = teacher_predictions(ConstantTeacher(margin=10.0), batch.target_images, cfg, None)
+        assert float(masked_consistency_loss(student, batch.target_images, *sure, cfg, rng(2))) > 0.0
+
+
+def test_mic_augments_the_crop_before_the_mask_from_its_own_stream() -> None:
+    torch.manual_seed(0)
+    student = Recording(build_model(PARAMS.model).eval())
+    batch = make_batch(2)
+    cfg = with_mic(adapt_cfg(jitter_p=1.0, blur_p=0.0, fidelity="clean"), enabled=True, augment=True)
+    labels_t, conf_t = teacher_predictions(ConstantTeacher(), batch.target_images, cfg, None)
+    masked_consistency_loss(student, batch.target_images, labels_t, conf_t, cfg, rng(2))
+    (seen,) = student.inputs
+    visible = block_mask(H, W, substream(rng(2), "mic").samples, block_size=8, mask_ratio=0.7)
+    hidden = ~visible.unsqueeze(1).expand_as(seen)
+    assert (seen[hidden] == 0).all()  # hidden pixels stay exactly the mean colour after the jitter
+    assert not torch.equal(seen[~hidden], batch.target_images[~hidden])  # jittered where visible
+
+
+@pytest.mark.parametrize("method", ["dacs", "cutmix", "classmix", "pseudo_label", "dist_align"])
+def test_mic_adds_its_weighted_loss_and_changes_nothing_else(method: str) -> None:
+    # The method's statistics are bit-identical with MIC on: no draw of the step is shifted, and the
+    # teacher runs once (its pseudo-labels serve both losses).
+    torch.manual_seed(0)
+    student = build_model(PARAMS.model).train()
+    teacher = Recording(make_teacher(student).train())
+    prior = torch.full((19,), 1 / 19)
+
+    def run(cfg: AdaptConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        alignment = Alignment(prior=prior) if method == "dist_align" else None
+        return dacs_loss(student, teacher, make_batch(2), cfg, rng(2), alignment)
+
+    cfg = adapt_cfg(method=method, pseudo_threshold=0.0)  # lambda 1: MIC's loss is not 0
+    _, off = run(cfg)
+    teacher.inputs.clear()
+    loss, on = run(with_mic(cfg, enabled=True, weight=0.25))
+    assert len(teacher.inputs) == 1
+    assert set(on) == {*off, "loss_mic"} and all(torch.equal(on[k], off[k]) for k in off)
+    assert float(on["loss_mic"]) > 0.0 and not on["loss_mic"].requires_grad
+    total = on["loss_source"] + cfg.mix_weight * on["loss_mix"] + 0.25 * on["loss_mic"]
+    torch.testing.assert_close(loss.detach(), total)
+
+
+def test_one_step_with_mic_lowers_the_total_loss() -> None:
+    torch.manual_seed(0)
+    student = build_model(PARAMS.model).train()
+    teacher = make_teacher(student).train()
+    cfg = with_mic(adapt_cfg(fidelity="official", pseudo_threshold=0.0), enabled=True)
+    cfg = replace(cfg, optim=replace(cfg.optim, lr=1e-3))
+    batch = make_batch(2)
+    # what the step will see: the same teacher pass and generators
+    labels_t, conf_t = teacher_predictions(teacher, batch.target_images, cfg, None)
+    sample = unsupervised_sample(batch, teacher, cfg, rng(2, 5))
+
+    def total() -> float:
+        with torch.no_grad():
+            masked = masked_consistency_loss(student, batch.target_images, labels_t, conf_t, cfg, rng(2, 5))
+            return total_loss(student, batch, sample, cfg) + cfg.mic.weight * float(masked)
+
+    before = total()
+    stats = train_step(student, teacher, build_optimizer(student, cfg.optim), batch, cfg, 0)
+    assert total() < before and float(stats["loss_mic"]) > 0.0

@@ -17,6 +17,13 @@ EMA update of the teacher (:func:`update_teacher`).
   (q~ = Normalize(q * p / p~), p a class prior, p~ the running mean of the teacher's predictions);
 * ``source_only``: the source loss alone (equal-compute baseline for the adaptation stage).
 
+``adapt.mic`` adds masked image consistency to any method but ``source_only`` (:mod:`dacs_uda.dacs.mic`):
+the student also sees the block-masked target crops and learns the teacher's pseudo-labels of the same
+teacher pass, lambda-weighted; its draws come from a sub-stream of the step's generators.
+
+``adapt.fd`` adds the thing-class feature distance to any method (:mod:`dacs_uda.dacs.fd`): the source
+pass's bottleneck features against those of a frozen copy of the initial model; it draws nothing.
+
 Randomness comes from a :class:`~dacs_uda.utils.rng.StepRandom`: sample ``b`` of the batch draws its
 mask and augmentation from ``rng.samples[b]``, the official once-per-batch augmentation decisions come
 from ``rng.batch``. Nothing here copies a value from the device to the host.
@@ -35,7 +42,9 @@ import torch
 from dacs_uda.config import AdaptConfig
 from dacs_uda.dacs.augment import color_jitter, gaussian_blur
 from dacs_uda.dacs.ema import ema_alpha, ema_update_
+from dacs_uda.dacs.fd import FeatureTap, feature_distance
 from dacs_uda.dacs.losses import supervised_loss, weighted_cross_entropy
+from dacs_uda.dacs.mic import block_mask, mask_images
 from dacs_uda.dacs.mixing import class_mask, cutmix_mask, mix
 from dacs_uda.dacs.pseudo import (
     Alignment,
@@ -47,9 +56,9 @@ from dacs_uda.dacs.pseudo import (
     update_running_mean,
 )
 from dacs_uda.labels import IGNORE_INDEX
-from dacs_uda.models.deeplabv2 import upsample_logits
+from dacs_uda.models.deeplabv2 import DeepLabV2, upsample_logits
 from dacs_uda.utils.dist import RankMean, local
-from dacs_uda.utils.rng import StepRandom
+from dacs_uda.utils.rng import StepRandom, substream
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,18 @@ def unsupervised_sample(
     ``rank_mean`` makes lambda and the alignment mean those of the global batch (identity in one process).
     """
     labels_t, conf_t = teacher_predictions(teacher, batch.target_images, cfg, alignment, rank_mean)
+    return method_sample(batch, labels_t, conf_t, cfg, rng, rank_mean)
+
+
+def method_sample(
+    batch: Batch,
+    labels_t: torch.Tensor,
+    conf_t: torch.Tensor,
+    cfg: AdaptConfig,
+    rng: StepRandom,
+    rank_mean: RankMean = local,
+) -> Sample:
+    """``cfg.method``'s sample, given the teacher's pseudo-labels and confidences of the target crops."""
     if cfg.method in ("dacs", "dist_align", "cutmix"):
         sample = _cross_domain_sample(batch, labels_t, conf_t, cfg, rng, rank_mean)
     elif cfg.method == "classmix":
@@ -173,6 +194,38 @@ def unsupervised_sample(
     return replace(sample, images=_strong_augment(sample.images, cfg, rng))
 
 
+def masked_consistency_loss(
+    student: torch.nn.Module,
+    target_images: torch.Tensor,
+    labels_t: torch.Tensor,
+    conf_t: torch.Tensor,
+    cfg: AdaptConfig,
+    rng: StepRandom,
+    rank_mean: RankMean = local,
+) -> torch.Tensor:
+    """MIC: the student's loss on block-masked target crops against the teacher's pseudo-labels
+    ``labels_t`` of the unmasked crops, every pixel weighted by lambda of their confidences ``conf_t``.
+
+    Draws come from the ``mic`` sub-stream of ``rng``, the mask before the augmentation, so switching
+    MIC (or its ``augment``) on shifts no other draw of the step.
+    """
+    mic_rng = substream(rng, "mic")
+    height, width = labels_t.shape[-2:]
+    visible = block_mask(
+        height,
+        width,
+        mic_rng.samples,
+        block_size=cfg.mic.block_size,
+        mask_ratio=cfg.mic.mask_ratio,
+        device=target_images.device,
+    )
+    images = _strong_augment(target_images, cfg, mic_rng) if cfg.mic.augment else target_images
+    # masked after the augmentation, as MIC does: hidden pixels stay exactly the mean colour
+    logits = upsample_logits(student(mask_images(images, visible)), (height, width))
+    lam = confident_fraction(conf_t, cfg.pseudo_threshold, rank_mean)
+    return weighted_cross_entropy(logits, labels_t, lam.expand_as(conf_t), ignore_index=IGNORE_INDEX)
+
+
 def dacs_loss(
     student: torch.nn.Module,
     teacher: torch.nn.Module,
@@ -181,11 +234,13 @@ def dacs_loss(
     rng: StepRandom,
     alignment: Alignment | None = None,
     rank_mean: RankMean = local,
+    frozen: DeepLabV2 | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of one step of ``cfg.method``: ``loss_source + cfg.mix_weight * loss_mix``.
+    """The loss of one step of ``cfg.method``: ``loss_source + cfg.mix_weight * loss_mix``, plus
+    ``cfg.mic.weight * loss_mic`` with ``cfg.mic.enabled`` (:func:`masked_consistency_loss`).
 
     Args:
-        student: Trained model (its two forward passes build the graph of the returned loss).
+        student: Trained model (its two forward passes, three with MIC, build the returned loss's graph).
         teacher: EMA model producing the pseudo-labels (no graph).
         batch: Source crops with labels and target crops.
         cfg: Adaptation settings.
@@ -194,21 +249,54 @@ def dacs_loss(
         rank_mean: Mean over the ranks of the batch-wide statistics; :func:`~dacs_uda.utils.dist.local`
             in a single process. Each rank's loss is scaled so that DDP's mean of the ranks' gradients
             is the gradient of the global batch's loss.
+        frozen: With ``cfg.fd.enabled``, the frozen initial model (:func:`~dacs_uda.dacs.fd.frozen_copy`):
+            ``cfg.fd.weight * loss_fd`` (:func:`~dacs_uda.dacs.fd.feature_distance`) joins the loss.
 
     Returns:
         ``(loss, stats)``: the 0-dim total loss, and detached 0-dim tensors on the loss's device
-        ``loss_source``, ``loss_mix`` and ``confident`` (lambda; both 0 for ``source_only``).
+        ``loss_source``, ``loss_mix`` and ``confident`` (lambda; both 0 for ``source_only``), and
+        ``loss_mic`` with ``cfg.mic.enabled``, ``loss_fd`` (before its weight) with ``cfg.fd.enabled``.
     """
-    loss_source = supervised_loss(student, batch.source_images, batch.source_labels, rank_mean)
+    tap = _feature_tap(student, cfg, frozen)
+    loss_source = supervised_loss(
+        student if tap is None else tap, batch.source_images, batch.source_labels, rank_mean
+    )
     loss_mix = lam = loss_source.new_zeros(())
+    loss_mic: torch.Tensor | None = None
     if cfg.method != "source_only":
-        sample = unsupervised_sample(batch, teacher, cfg, rng, alignment, rank_mean)
+        # one teacher pass serves the method's sample and MIC
+        labels_t, conf_t = teacher_predictions(teacher, batch.target_images, cfg, alignment, rank_mean)
+        sample = method_sample(batch, labels_t, conf_t, cfg, rng, rank_mean)
         height, width = sample.labels.shape[-2:]
         logits = upsample_logits(student(sample.images), (height, width))
         loss_mix = weighted_cross_entropy(logits, sample.labels, sample.weights, ignore_index=IGNORE_INDEX)
         lam = sample.lam
+        if cfg.mic.enabled:
+            loss_mic = masked_consistency_loss(
+                student, batch.target_images, labels_t, conf_t, cfg, rng, rank_mean
+            )
     stats = {"loss_source": loss_source.detach(), "loss_mix": loss_mix.detach(), "confident": lam.detach()}
-    return loss_source + cfg.mix_weight * loss_mix, stats
+    loss = loss_source + cfg.mix_weight * loss_mix
+    if loss_mic is not None:
+        stats["loss_mic"] = loss_mic.detach()
+        loss = loss + cfg.mic.weight * loss_mic
+    if tap is not None:
+        assert frozen is not None and tap.features is not None  # _feature_tap's check; the source pass
+        loss_fd = feature_distance(
+            tap.features, frozen, batch.source_images, batch.source_labels, cfg.fd, rank_mean
+        )
+        stats["loss_fd"] = loss_fd.detach()
+        loss = loss + cfg.fd.weight * loss_fd
+    return loss, stats
+
+
+def _feature_tap(student: torch.nn.Module, cfg: AdaptConfig, frozen: DeepLabV2 | None) -> FeatureTap | None:
+    """With ``cfg.fd.enabled``, the student's source pass keeping its features for FD (else None)."""
+    if not cfg.fd.enabled:
+        return None
+    if frozen is None:
+        raise ValueError("adapt.fd.enabled: dacs_loss needs `frozen`, the initial model (fd.frozen_copy)")
+    return FeatureTap(student)
 
 
 def update_teacher(teacher: torch.nn.Module, student: torch.nn.Module, cfg: AdaptConfig, step: int) -> None:

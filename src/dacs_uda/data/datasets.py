@@ -31,6 +31,14 @@ from dacs_uda.data.formats import (
     read_label_ids,
     to_train_ids,
 )
+from dacs_uda.data.rcs import (
+    RareClassSampler,
+    RarePlan,
+    class_pixel_counts,
+    class_pixels_path,
+    rare_plan,
+    read_class_pixels,
+)
 from dacs_uda.data.transforms import random_crop_box, resize_pair
 from dacs_uda.labels import IGNORE_INDEX, NUM_CLASSES
 from dacs_uda.utils.image import as_size, normalize
@@ -87,22 +95,27 @@ def load_pair(
         label_encoding: How the label file holds its ids (:data:`~dacs_uda.data.formats.LABEL_ENCODINGS`).
     """
     with Image.open(image_path) as img:
-        image = img.convert("RGB")
-    label = None
-    if label_path is not None:
-        if label_encoding == SYNTHIA_ID:
-            # 16-bit ids: map first (every SYNTHIA id has a training id < 256), then resize.
-            label = Image.fromarray(to_train_ids(read_label_ids(label_path, SYNTHIA_ID), SYNTHIA_ID), "L")
-        else:
-            with Image.open(label_path) as lab:
-                # GTA5 labels are palette PNGs: the indices (not the colours) are the label ids.
-                label = lab.copy() if lab.mode in ("P", "L") else lab.convert("L")
-    image, label = resize_pair(image, label, size)
-    train_ids = None
-    if label is not None:
-        ids = np.asarray(label, dtype=np.uint8)
-        train_ids = ids.copy() if label_encoding == SYNTHIA_ID else to_train_ids(ids, label_encoding)
+        image, _ = resize_pair(img.convert("RGB"), None, size)
+    train_ids = None if label_path is None else load_label(label_path, size, label_encoding)
     return np.asarray(image), train_ids
+
+
+def load_label(
+    label_path: str, size: tuple[int, int], label_encoding: str = CITYSCAPES_LABEL_ID
+) -> np.ndarray:
+    """The training ids of a label file, nearest-resized to ``size`` (W, H) (see :func:`load_pair`)."""
+    if label_encoding == SYNTHIA_ID:
+        # 16-bit ids: map first (every SYNTHIA id has a training id < 256), then resize.
+        label = Image.fromarray(to_train_ids(read_label_ids(label_path, SYNTHIA_ID), SYNTHIA_ID), "L")
+    else:
+        with Image.open(label_path) as lab:
+            # GTA5 labels are palette PNGs: the indices (not the colours) are the label ids.
+            label = lab.copy() if lab.mode in ("P", "L") else lab.convert("L")
+    size = as_size(size)
+    if label.size != size:
+        label = label.resize(size, Image.Resampling.NEAREST)
+    ids = np.asarray(label, dtype=np.uint8)
+    return ids.copy() if label_encoding == SYNTHIA_ID else to_train_ids(ids, label_encoding)
 
 
 class SegmentationDataset(Dataset):
@@ -134,6 +147,13 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def label(self, index: int) -> np.ndarray:
+        """The training ids of frame ``index`` at ``size`` (what rare class sampling crops by)."""
+        label_path = self.labels[index]
+        if label_path is None:
+            raise ValueError(f"frame {index} ({self.images[index]}) has no label: this dataset has none")
+        return load_label(label_path, self.size, self.encodings[index])
+
     def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, torch.Tensor | str]:
         index, y, x = (key, 0, 0) if isinstance(key, int) else key
         image, label = load_pair(self.images[index], self.labels[index], self.size, self.encodings[index])
@@ -161,6 +181,9 @@ class KeyedCropSampler(Sampler[tuple[int, int, int]]):
 
     ``batch_size`` is the global batch; ``shard`` (default: all of it) the global indices this process
     loads at every step, ``range(rank * b, (rank + 1) * b)`` for rank ``rank`` of a DDP run.
+
+    With ``rare`` (rare class sampling, :mod:`dacs_uda.data.rcs`), each sample's class, frame and crop
+    come instead from one generator keyed by seed, stream, ``"rcs"``, step and ``i``.
     """
 
     def __init__(
@@ -174,6 +197,7 @@ class KeyedCropSampler(Sampler[tuple[int, int, int]]):
         batch_size: int,
         start_step: int = 0,
         shard: range | None = None,
+        rare: RareClassSampler | None = None,
     ) -> None:
         self.length, self.height, self.width = length, size[1], size[0]
         self.crop = (crop[0], crop[1])
@@ -182,6 +206,7 @@ class KeyedCropSampler(Sampler[tuple[int, int, int]]):
         if not self.shard or not set(self.shard) <= set(range(batch_size)):
             raise ValueError(f"shard {self.shard} is not a non-empty part of a batch of {batch_size}")
         self._epoch, self._order = -1, [0]
+        self.rare = rare
 
     def _frame(self, position: int) -> int:
         epoch, offset = divmod(position, self.length)
@@ -192,6 +217,8 @@ class KeyedCropSampler(Sampler[tuple[int, int, int]]):
 
     def key(self, step: int, index: int) -> tuple[int, int, int]:
         """The key of sample ``index`` (its position in the global batch) at ``step``."""
+        if self.rare is not None:
+            return self.rare.draw(self.crop, keyed_generator(self.seed, self.stream, "rcs", step, index))
         gen = keyed_generator(self.seed, self.stream, "crop", step, index)
         y, x = random_crop_box(self.height, self.width, self.crop, gen)
         return self._frame(step * self.batch_size + index), y, x
@@ -224,14 +251,16 @@ def infinite_loader(
     with_labels: bool = True,
     start_step: int = 0,
     shard: range | None = None,
+    rare: RarePlan | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches of random crops from ``start_step`` on; ``sampler_key`` is the (seed, stream) of
-    :class:`KeyedCropSampler`, ``batch_size`` the global batch, ``shard`` this process's part of it."""
+    :class:`KeyedCropSampler`, ``batch_size`` the global batch, ``shard`` this process's part of it,
+    ``rare`` the rare class sampling plan over the manifest's rows (None: uniform frames and crops)."""
     dataset = SegmentationDataset(manifest, size, crop, with_labels)
     seed, stream = sampler_key
     sampler = KeyedCropSampler(
         len(dataset), size, crop, seed=seed, stream=stream, batch_size=batch_size, start_step=start_step,
-        shard=shard,
+        shard=shard, rare=None if rare is None else RareClassSampler(rare, dataset.label),
     )  # fmt: skip
     num_workers = loader_workers(num_workers)
     loader = DataLoader(
@@ -256,13 +285,18 @@ def domain_batches(
     shard: range | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless training crops of ``domain`` for the stage ``section`` from ``start_step`` on, in the
-    stream ``section/domain``: the ``shard`` (default: all) of each global batch of ``batch_size``."""
+    stream ``section/domain``: the ``shard`` (default: all) of each global batch of ``batch_size``.
+    The adaptation's source crops are drawn by rare class sampling when ``adapt.rcs.enabled``."""
     rows = read_manifest(manifest_path(params, domain), split="train")
     size = as_size(getattr(params.data, domain).resize)
     crop = as_size(params.data.crop)
     key = (params.seed, f"{section}/{domain}")
+    rare = None
+    if section == "adapt" and domain == "source" and params.adapt.rcs.enabled:
+        pixels = read_class_pixels(class_pixels_path(params.data.prepared, domain), rows["label"].tolist())
+        rare = rare_plan(pixels, params.adapt.rcs)
     return infinite_loader(
-        rows, size, crop, batch_size, key, params.data.num_workers, with_labels, start_step, shard
+        rows, size, crop, batch_size, key, params.data.num_workers, with_labels, start_step, shard, rare
     )
 
 
@@ -271,9 +305,6 @@ def class_prior(params: Params, domain: str) -> torch.Tensor:
     rows = read_manifest(manifest_path(params, domain), split="train")
     size = as_size(getattr(params.data, domain).resize)
     counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
-    for image, label in zip(rows["image"], rows["label"], strict=True):
-        _, train_ids = load_pair(image, label, size)
-        assert train_ids is not None
-        ids = torch.from_numpy(train_ids).long().flatten()
-        counts += torch.bincount(ids[ids < NUM_CLASSES], minlength=NUM_CLASSES)
+    for label in rows["label"]:
+        counts += torch.from_numpy(class_pixel_counts(load_label(label, size)))
     return (counts / counts.sum()).float()

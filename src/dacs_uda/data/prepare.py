@@ -7,7 +7,10 @@ Output, under ``data.prepared``:
 * ``<domain>/images/<split>/<stem>.png`` and ``<domain>/labels/<split>/<stem>.png``;
 * ``<domain>.csv``: the manifest that training, evaluation and export read
   (:func:`dacs_uda.data.datasets.manifest_path`), with columns :data:`PREPARED_COLUMNS` (the raw
-  files' content hashes included: they define the run's ``data_version``, :mod:`dacs_uda.data.version`).
+  files' content hashes included: they define the run's ``data_version``, :mod:`dacs_uda.data.version`);
+* ``source_class_pixels.csv``: every source frame's pixels of each class at the prepared size, what
+  rare class sampling draws by (:mod:`dacs_uda.data.rcs`), counted here once rather than at every
+  training start.
 
 Recipe (the official DACS loaders', done once instead of every step):
 
@@ -35,6 +38,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dacs_uda.config import DOMAINS, Params
-from dacs_uda.data.datasets import manifest_path, read_manifest
+from dacs_uda.data.datasets import load_label, manifest_path, read_manifest
 from dacs_uda.data.formats import (
     CITYSCAPES_LABEL_ID,
     FORMATS,
@@ -54,7 +58,8 @@ from dacs_uda.data.formats import (
     to_train_ids,
 )
 from dacs_uda.data.manifest import io_processes
-from dacs_uda.labels import train_id_to_label_id_lut
+from dacs_uda.data.rcs import class_pixel_counts, class_pixels_path, write_class_pixels
+from dacs_uda.labels import NUM_CLASSES, train_id_to_label_id_lut
 from dacs_uda.utils.io import atomic_path, write_text
 
 log = logging.getLogger(__name__)
@@ -325,9 +330,25 @@ def prepare_domain(
     return prepared, stats
 
 
+def _frame_class_pixels(label: str, size: tuple[int, int]) -> np.ndarray:
+    return class_pixel_counts(load_label(label, size))
+
+
+def count_class_pixels(labels: list[str], size: tuple[int, int], workers: int = 2) -> np.ndarray:
+    """Pixels of each class (frames x classes, int64) in prepared ``labels`` at ``size`` (W, H), read as
+    training reads them, over ``workers`` processes (``<= 1``: in this process)."""
+    count = partial(_frame_class_pixels, size=size)
+    if workers <= 1 or len(labels) < 2:
+        rows = list(map(count, labels))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(count, labels, chunksize=max(1, min(64, len(labels) // (workers * 8)))))
+    return np.stack(rows) if rows else np.zeros((0, NUM_CLASSES), dtype=np.int64)
+
+
 def prepare_data(params: Params) -> dict[str, DomainStats]:
-    """Prepare both domains (``data.io_workers`` processes) and write their manifests (each
-    atomically, after all files are done)."""
+    """Prepare both domains (``data.io_workers`` processes) and write their manifests and the source
+    frames' class pixel counts (each atomically, after all files are done)."""
     workers = io_processes(params.data.io_workers)
     out: dict[str, DomainStats] = {}
     manifests: dict[str, pd.DataFrame] = {}
@@ -338,6 +359,17 @@ def prepare_data(params: Params) -> dict[str, DomainStats]:
         size = (cfg.resize[0], cfg.resize[1])
         manifests[domain], out[domain] = prepare_domain(rows, cfg.format, folder, size, workers)
         log.info("prepared %s (%s): %s", domain, cfg.format, asdict(out[domain]))
+    start = time.perf_counter()
+    labels = manifests["source"]["label"].tolist()
+    pixels = count_class_pixels(labels, (params.data.source.resize[0], params.data.source.resize[1]), workers)
+    stats_path = class_pixels_path(params.data.prepared, "source")
+    write_class_pixels(stats_path, labels, pixels)
+    log.info(
+        "class pixels of %d source frames in %s (%.1f s)",
+        len(labels),
+        stats_path,
+        time.perf_counter() - start,
+    )
     for domain, frame in manifests.items():
         write_text(manifest_path(params, domain), frame.to_csv(index=False))
     return out

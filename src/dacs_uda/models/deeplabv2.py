@@ -114,10 +114,22 @@ class DeepLabV2(nn.Module):
             assert isinstance(branch, nn.Conv2d)
             nn.init.normal_(branch.weight, 0.0, 0.01)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck features: layer4's output, the ASPP's input (``[B, 32 * width, h, w]``)."""
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.classifier(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits; with ``return_features``, ``(logits, features)`` of the same pass.
+
+        The flag goes through whatever wraps the model (DDP, ``torch.compile``), so a feature distance
+        reuses the trained pass; without it the graph is the plain one (ONNX export unchanged).
+        """
+        features = self.features(x)
+        logits = self.classifier(features)
+        return (logits, features) if return_features else logits
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """Backbone at ``lr``, classifier at ``head_lr_mult * lr``; frozen parameters left out."""

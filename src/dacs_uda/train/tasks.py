@@ -15,6 +15,7 @@ import torch
 
 from dacs_uda.config import Params, TrainConfig, checkpoint_path
 from dacs_uda.dacs.ema import make_teacher
+from dacs_uda.dacs.fd import frozen_copy
 from dacs_uda.dacs.losses import supervised_loss
 from dacs_uda.dacs.pseudo import Alignment
 from dacs_uda.dacs.step import Batch, dacs_loss, update_teacher
@@ -90,12 +91,15 @@ def adaptation_task(params: Params, device: torch.device, ranks: Ranks = SINGLE)
     # official: the teacher's BN normalises with target-batch statistics (train mode); clean: eval mode.
     teacher = make_teacher(student).train(cfg.fidelity == "official")
     teacher_run = prepare_module(teacher, params.train, ranks)
+    # adapt.fd's reference: the initial model in eval mode (as DAFormer's ImageNet model); neither
+    # trained nor saved: a resumed run rebuilds it from adapt.init
+    frozen = frozen_copy(student) if cfg.fd.enabled else None
     alignment = make_alignment(params, device)
 
     def loss(step: int, batch: Tensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rng = step_random(params.seed, "adapt/step", step, shard)
         crops = Batch(batch["source_image"], batch["source_label"], batch["target_image"])
-        return dacs_loss(student_run, teacher_run, crops, cfg, rng, alignment, ranks.mean)
+        return dacs_loss(student_run, teacher_run, crops, cfg, rng, alignment, ranks.mean, frozen)
 
     def after_step(step: int) -> None:
         update_teacher(teacher, student, cfg, step)

@@ -48,3 +48,15 @@ def step_random(seed: int, stream: str, step: int, indices: Sequence[int]) -> St
         batch=keyed_generator(seed, stream, step),
         samples=tuple(keyed_generator(seed, stream, step, index) for index in indices),
     )
+
+
+def substream(rng: StepRandom, name: str) -> StepRandom:
+    """Generators of the ``name`` sub-stream of ``rng``, keyed by each generator's seed and ``name``.
+
+    A strategy added to a step draws from its own sub-stream, so switching it on shifts none of the
+    step's existing draws; the draws stay per sample, so a slice of ``rng.samples`` gives the slice.
+    """
+    return StepRandom(
+        batch=keyed_generator(rng.batch.initial_seed(), name),
+        samples=tuple(keyed_generator(generator.initial_seed(), name) for generator in rng.samples),
+    )
