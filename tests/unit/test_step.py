@@ -19,8 +19,8 @@ from dacs_uda.dacs.step import (
     Sample,
     dacs_loss,
     masked_consistency_loss,
+    method_sample,
     teacher_predictions,
-    unsupervised_sample,
     update_teacher,
 )
 from dacs_uda.models.deeplabv2 import build_model, upsample_logits
@@ -31,6 +31,13 @@ from tests.conftest import tiny_params
 
 PARAMS = tiny_params()  # the composed conf/ defaults (method dacs, official fidelity), width-4 model
 H = W = 32
+
+
+def unsupervised_sample(batch, teacher, cfg, rng, alignment=None) -> Sample:
+    """The method's sample as dacs_loss builds it: the teacher's view of the target crops, then
+    :func:`method_sample`."""
+    labels_t, conf_t = teacher_predictions(teacher, batch.target_images, cfg, alignment)
+    return method_sample(batch, labels_t, conf_t, cfg, rng)
 
 
 class ConstantTeacher(torch.nn.Module):

@@ -156,24 +156,6 @@ def _strong_augment(images: torch.Tensor, cfg: AdaptConfig, rng: StepRandom) -> 
     return gaussian_blur(images, rng, p=cfg.blur_p, sigma_range=(low, high), per_image=per_image)
 
 
-def unsupervised_sample(
-    batch: Batch,
-    teacher: torch.nn.Module,
-    cfg: AdaptConfig,
-    rng: StepRandom,
-    alignment: Alignment | None = None,
-    rank_mean: RankMean = local,
-) -> Sample:
-    """Build ``cfg.method``'s sample from the source crops and the teacher's view of the target crops.
-
-    ``rng.samples`` holds one generator per sample (masks, per-image augmentation); ``rng.batch`` serves
-    the official per-batch augmentation decisions. ``alignment`` (``dist_align`` only) is updated in place.
-    ``rank_mean`` makes lambda and the alignment mean those of the global batch (identity in one process).
-    """
-    labels_t, conf_t = teacher_predictions(teacher, batch.target_images, cfg, alignment, rank_mean)
-    return method_sample(batch, labels_t, conf_t, cfg, rng, rank_mean)
-
-
 def method_sample(
     batch: Batch,
     labels_t: torch.Tensor,
@@ -182,7 +164,13 @@ def method_sample(
     rng: StepRandom,
     rank_mean: RankMean = local,
 ) -> Sample:
-    """``cfg.method``'s sample, given the teacher's pseudo-labels and confidences of the target crops."""
+    """``cfg.method``'s sample, given the teacher's pseudo-labels and confidences of the target crops
+    (:func:`teacher_predictions`).
+
+    ``rng.samples`` holds one generator per sample (masks, per-image augmentation); ``rng.batch`` serves
+    the official per-batch augmentation decisions. ``rank_mean`` makes lambda that of the global batch
+    (identity in one process).
+    """
     if cfg.method in ("dacs", "dist_align", "cutmix"):
         sample = _cross_domain_sample(batch, labels_t, conf_t, cfg, rng, rank_mean)
     elif cfg.method == "classmix":
