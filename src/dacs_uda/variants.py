@@ -144,7 +144,7 @@ def summarize(results: Iterable[Result]) -> list[Summary]:
     return summaries
 
 
-def _pm(value: tuple[float, float] | None, runs: int) -> str:
+def plus_minus(value: tuple[float, float] | None, runs: int) -> str:
     """``mean ± std``; the bare value for a single run, whose std says nothing."""
     if value is None:
         return "–"
@@ -162,10 +162,10 @@ def markdown(summaries: list[Summary]) -> str:
     for s in summaries:
         seeds, never = ", ".join(map(str, s.seeds)), " / ".join(map(str, s.never_predicted))
         shares = " / ".join("–" if v is None else f"{v:.0f}" for v in s.conflated)
-        lines.append(f"| {s.variant} | {seeds} | {_pm(s.miou, len(s.seeds))} | {never} | {shares} |")
+        lines.append(f"| {s.variant} | {seeds} | {plus_minus(s.miou, len(s.seeds))} | {never} | {shares} |")
     lines += ["", "| variant | " + " | ".join(CLASS_NAMES) + " |", "|---|" + "---:|" * len(CLASS_NAMES)]
     for s in summaries:
-        cells = " | ".join(_pm(s.iou[name], len(s.seeds)) for name in CLASS_NAMES)
+        cells = " | ".join(plus_minus(s.iou[name], len(s.seeds)) for name in CLASS_NAMES)
         lines.append(f"| {s.variant} | {cells} |")
     return "\n".join(lines) + "\n"
 
