@@ -1,5 +1,6 @@
 # `make repro`: set up and run the whole pipeline on the embedded benchmark.
 # `make test`:  set up and run every test (offline, CPU).
+# `make ablation`: the successors' strategies, 3 seeds (ablation/dvc.yaml; about an hour on 2 cores).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test lint clean
+.PHONY: setup repro test lint clean ablation
 
 setup: $(STAMP)
 
@@ -29,6 +30,9 @@ $(STAMP): pyproject.toml
 
 repro: setup
 	$(BIN)/dvc repro
+
+ablation: setup
+	$(BIN)/dvc repro ablation/dvc.yaml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -3,7 +3,7 @@
 Floors, top to bottom (a module imports its own floor or lower, never higher):
 3. ``stages/``: one module per DVC stage;
 2. ``train/`` (the one training loop), evaluation and deployment (``evaluate``, ``evaluate_onnx``,
-   ``export``, ``inference``, ``cli``, ``variants``);
+   ``export``, ``inference``, ``cli``, ``variants``, ``ablation``);
 1. the method and its materials: ``dacs/``, ``models/``, ``data/``, ``optim``, ``metrics``, ``viz``;
 0. the ground floor: ``config``, ``labels``, ``lineage``, ``utils/``.
 ``flows/`` drives DVC and may import the ground floor only.
@@ -21,7 +21,7 @@ PACKAGE = REPO / "src" / "dacs_uda"
 FLOORS = {
     0: ("config", "labels", "lineage", "utils"),
     1: ("dacs", "models", "data", "optim", "metrics", "viz"),
-    2: ("train", "evaluate", "evaluate_onnx", "export", "inference", "cli", "variants", "plan"),
+    2: ("train", "evaluate", "evaluate_onnx", "export", "inference", "cli", "variants", "ablation", "plan"),
     3: ("stages",),
 }
 
