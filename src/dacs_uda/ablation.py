@@ -250,17 +250,31 @@ def mean_curves(config: AblationConfig, column: str = "mIoU_student") -> list[di
     ]
 
 
-def markdown(summaries: list[Summary], rare: tuple[str, ...], zero: dict[str, list[str]]) -> str:
-    """Mean ± std over seeds: mIoU, rare classes, never-predicted classes; then every class."""
+def rare_means(results: list[Result], rare: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """Per variant, the mean IoU of the ``rare`` classes present in target val: mean ± std over seeds."""
+    per_seed: dict[str, list[float]] = {}
+    for r in results:
+        present = [v for c in rare if (v := r.iou.get(c)) is not None]
+        if present:
+            per_seed.setdefault(r.variant, []).append(sum(present) / len(present))
+    return {variant: mean_std(values) for variant, values in per_seed.items()}
+
+
+def markdown(summaries: list[Summary], rare: tuple[str, ...], results: list[Result]) -> str:
+    """Mean ± std over seeds: mIoU, rare classes and their mean, never-predicted classes; every class."""
+    zero, rare_mean = zero_iou_classes(results), rare_means(results, rare)
     lines = [
         "| variant | seeds | mIoU | "
         + " | ".join(rare)
-        + " | classes never predicted (per seed) | 0 IoU in every seed |",
-        "|---|---|---:|" + "---:|" * len(rare) + "---|---|",
+        + " | rare mean | classes never predicted (per seed) | 0 IoU in every seed |",
+        "|---|---|---:|" + "---:|" * (len(rare) + 1) + "---|---|",
     ]
     for s in summaries:
         n = len(s.seeds)
-        cells = " | ".join(plus_minus(s.iou[c], n) for c in rare)
+        cells = (
+            " | ".join(plus_minus(s.iou[c], n) for c in rare)
+            + f" | {plus_minus(rare_mean.get(s.variant), n)}"
+        )
         counts = " / ".join(map(str, s.never_predicted))
         seeds, zeros = ", ".join(map(str, s.seeds)), ", ".join(zero[s.variant]) or "–"
         lines.append(f"| {s.variant} | {seeds} | {plus_minus(s.miou, n)} | {cells} | {counts} | {zeros} |")
@@ -272,15 +286,16 @@ def markdown(summaries: list[Summary], rare: tuple[str, ...], zero: dict[str, li
     return "\n".join(lines) + "\n"
 
 
-def summary_metrics(summaries: list[Summary], rare: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """``strategies.json``: per variant mIoU and rare-class IoU, mean and std (``dvc metrics show``)."""
+def summary_metrics(
+    summaries: list[Summary], rare_mean: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, float]]:
+    """``strategies.json`` (few keys: ``dvc exp show`` lists them): mIoU and rare-class mean, ± std."""
     out: dict[str, dict[str, float]] = {}
     for s in summaries:
-        entry = {"mIoU": round(s.miou[0], 2), "mIoU_std": round(s.miou[1], 2)}
-        for c in rare:
-            if (value := s.iou[c]) is not None:
-                entry[c], entry[f"{c}_std"] = round(value[0], 2), round(value[1], 2)
-        out[s.variant] = entry
+        out[s.variant] = {"mIoU": round(s.miou[0], 2), "mIoU_std": round(s.miou[1], 2)}
+        if s.variant in rare_mean:
+            mean, std = rare_mean[s.variant]
+            out[s.variant] |= {"rare_mIoU": round(mean, 2), "rare_mIoU_std": round(std, 2)}
     return out
 
 
@@ -289,8 +304,8 @@ def summarize_runs(config: AblationConfig, out: Path) -> None:
     results = load_results(config)
     order = [SOURCE_ONLY, *config.variants]
     summaries = sorted(summarize(results), key=lambda s: order.index(s.variant))
-    write_text(out / "strategies.md", markdown(summaries, config.rare, zero_iou_classes(results)))
-    write_json(out / "strategies.json", summary_metrics(summaries, config.rare))
+    write_text(out / "strategies.md", markdown(summaries, config.rare, results))
+    write_json(out / "strategies.json", summary_metrics(summaries, rare_means(results, config.rare)))
     _write_csv(
         out / "strategies_iou.csv",
         ["variant", "class", "iou", "std"],
