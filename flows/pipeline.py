@@ -5,6 +5,10 @@ its ground floor (``dacs_uda.lineage`` for the git revision). DVC stays the one 
 which params, producing which outs; Prefect adds scheduling, retries for the network-bound ``data``
 stage, live logs and a run summary artifact.
 
+Another pipeline file runs the same way: ``dvcfile="ablation/dvc.yaml"`` reproduces the seed x variant
+ablation stage group by stage group, and ``summary_file`` puts its table into the run report (the
+``strategies-ablation`` deployment).
+
 Run it once locally with ``python flows/pipeline.py``.
 """
 
@@ -31,6 +35,7 @@ from flows.common import (
 )
 
 ARTIFACT_KEY = "dacs-pipeline-summary"
+PROJECT_FILE = "dvc.yaml"
 
 
 class StageFailed(RuntimeError):
@@ -44,16 +49,17 @@ class StageFailed(RuntimeError):
         self.returncode = returncode
 
 
-def pipeline_stages(repo: str | Path = ".") -> list[str]:
-    """Stage names in ``dvc.yaml`` order (the order of its ``stages`` mapping, which is topological here).
+def pipeline_stages(repo: str | Path = ".", dvcfile: str = PROJECT_FILE) -> list[str]:
+    """Stage names in ``dvcfile`` order (the order of its ``stages`` mapping, which is topological here).
 
     Args:
         repo: The DVC repository root.
+        dvcfile: The pipeline file, relative to ``repo``.
 
     Returns:
-        The stage names.
+        The stage names (a ``foreach``/``matrix`` group is one name: ``dvc repro`` runs all its members).
     """
-    spec = yaml.safe_load((Path(repo) / "dvc.yaml").read_text())
+    spec = yaml.safe_load((Path(repo) / dvcfile).read_text())
     return list((spec or {}).get("stages") or {})
 
 
@@ -61,14 +67,19 @@ def select_stages(requested: list[str] | None, available: list[str]) -> list[str
     """The requested stages in pipeline order (all of them if ``requested`` is None).
 
     Raises:
-        ValueError: If a requested stage is not in ``dvc.yaml``.
+        ValueError: If a requested stage is not in the pipeline file.
     """
     if requested is None:
         return list(available)
     unknown = sorted(set(requested) - set(available))
     if unknown:
-        raise ValueError(f"unknown DVC stage(s) {unknown}; dvc.yaml defines {available}")
+        raise ValueError(f"unknown DVC stage(s) {unknown}; the pipeline file defines {available}")
     return [stage for stage in available if stage in requested]
+
+
+def stage_target(stage: str, dvcfile: str = PROJECT_FILE) -> str:
+    """``stage`` as ``dvc repro`` names it: bare in ``dvc.yaml``, ``<file>:<stage>`` in another file."""
+    return stage if dvcfile == PROJECT_FILE else f"{dvcfile}:{stage}"
 
 
 def repro_command(stage: str, force: bool = False) -> list[str]:
@@ -118,21 +129,36 @@ def build_report(
     metrics: dict[str, Any] | None,
     params: dict[str, Any] | None = None,
     revision: str = "unknown",
+    extra: tuple[str, str] | None = None,
 ) -> str:
-    """Markdown for the run artifact: one row per stage run, mIoU per model if evaluated, run context."""
+    """Markdown for the run artifact: one row per stage run, mIoU per model if evaluated, ``extra``
+    (a title and a markdown file's text), run context."""
     rows = [
         [stage, f"{row['seconds']:.1f}", "ok" if row["ok"] else "FAILED"] for stage, row in summary.items()
     ]
     lines = ["# DACS pipeline run", "", *markdown_table(["stage", "seconds", "status"], rows, "lrl"), ""]
     section = metrics_section(metrics, "Target val (metrics/eval.json)")
     lines += [*section, ""] if section else []
+    lines += [f"## {extra[0]}", "", extra[1].rstrip(), ""] if extra else []
     lines += context_section(params or {}, revision)
     return "\n".join(lines) + "\n"
 
 
-def publish_report(summary: dict[str, dict[str, Any]], repo: str | Path) -> str:
-    """Build the report and, inside a flow run, publish it as a markdown artifact."""
-    markdown = build_report(summary, read_eval_metrics(repo), read_params(repo), git_revision(repo))
+def publish_report(
+    summary: dict[str, dict[str, Any]],
+    repo: str | Path,
+    dvcfile: str = PROJECT_FILE,
+    summary_file: str | None = None,
+) -> str:
+    """Build the report and, inside a flow run, publish it as a markdown artifact.
+
+    The target-val mIoUs of ``metrics/eval.json`` belong to the project's own pipeline; another
+    ``dvcfile`` reports ``summary_file`` instead, when it exists.
+    """
+    metrics = read_eval_metrics(repo) if dvcfile == PROJECT_FILE else None
+    path = Path(repo) / summary_file if summary_file else None
+    extra = (summary_file, path.read_text()) if path is not None and path.is_file() else None
+    markdown = build_report(summary, metrics, read_params(repo), git_revision(repo), extra)
     publish_markdown(
         ARTIFACT_KEY, markdown, "DVC stages run by dacs-pipeline, durations, mIoU, params, git revision"
     )
@@ -140,13 +166,22 @@ def publish_report(summary: dict[str, dict[str, Any]], repo: str | Path) -> str:
 
 
 @flow(name="dacs-pipeline", log_prints=False)
-def dacs_pipeline(stages: list[str] | None = None, force: bool = False, repo: str = ".") -> dict:
-    """Reproduce the DVC pipeline stage by stage, in ``dvc.yaml`` order.
+def dacs_pipeline(
+    stages: list[str] | None = None,
+    force: bool = False,
+    repo: str = ".",
+    dvcfile: str = PROJECT_FILE,
+    summary_file: str | None = None,
+) -> dict:
+    """Reproduce a DVC pipeline stage by stage, in the order of its file.
 
     Args:
         stages: Stages to run (pipeline order is kept whatever order they are given in); None runs all.
         force: Pass ``--force`` to ``dvc repro`` (rerun even if nothing changed).
         repo: The DVC repository root.
+        dvcfile: The pipeline file, relative to ``repo``: ``dvc.yaml`` (the project) or another one,
+            such as ``ablation/dvc.yaml``.
+        summary_file: A markdown file the pipeline writes (relative to ``repo``), added to the report.
 
     Returns:
         ``{stage: {"seconds": float, "ok": bool}}`` for the stages run.
@@ -155,22 +190,22 @@ def dacs_pipeline(stages: list[str] | None = None, force: bool = False, repo: st
         StageFailed: On the first failing stage; later stages do not run. The report is still published.
     """
     log = logger()
-    selected = select_stages(stages, pipeline_stages(repo))
-    log.info("running DVC stages %s in %s (force=%s)", selected, Path(repo).resolve(), force)
+    selected = select_stages(stages, pipeline_stages(repo, dvcfile))
+    log.info("running DVC stages %s of %s in %s (force=%s)", selected, dvcfile, Path(repo).resolve(), force)
     summary: dict[str, dict[str, Any]] = {}
     for stage in selected:
         start = time.monotonic()
         try:
-            _run_stage(stage, force, repo)
+            _run_stage(stage_target(stage, dvcfile), force, repo)
         except BaseException:
             summary[stage] = {"seconds": round(time.monotonic() - start, 3), "ok": False}
             try:
-                publish_report(summary, repo)
+                publish_report(summary, repo, dvcfile, summary_file)
             except Exception:  # never let the report hide the stage's own error
                 log.exception("could not publish the run report")
             raise
         summary[stage] = {"seconds": round(time.monotonic() - start, 3), "ok": True}
-    publish_report(summary, repo)
+    publish_report(summary, repo, dvcfile, summary_file)
     return summary
 
 

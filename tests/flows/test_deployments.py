@@ -22,7 +22,12 @@ def load_flow(entrypoint: str):
 
 
 def test_expected_deployments_and_pull_step() -> None:
-    assert set(DEPLOYMENTS) == {"weekly-retrain", "nightly-evaluate", "threshold-sweep"}
+    assert set(DEPLOYMENTS) == {
+        "weekly-retrain",
+        "nightly-evaluate",
+        "threshold-sweep",
+        "strategies-ablation",
+    }
     assert PREFECT_YAML["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $DACS_REPO }}"}}
     ]
@@ -52,6 +57,7 @@ def test_schedules_are_valid_cron() -> None:
         "weekly-retrain": ["0 3 * * 1"],
         "nightly-evaluate": ["30 1 * * *"],
         "threshold-sweep": [],
+        "strategies-ablation": [],
     }
     for deployment in DEPLOYMENTS.values():
         for schedule in deployment.get("schedules") or []:
@@ -65,6 +71,16 @@ def test_nightly_evaluate_runs_only_evaluation_stages() -> None:
 
     stages = DEPLOYMENTS["nightly-evaluate"]["parameters"]["stages"]
     assert select_stages(stages, pipeline_stages(REPO_ROOT)) == ["evaluate", "evaluate_onnx"]
+
+
+def test_strategies_ablation_runs_the_ablation_pipeline() -> None:
+    from flows.pipeline import pipeline_stages
+
+    parameters = DEPLOYMENTS["strategies-ablation"]["parameters"]
+    assert pipeline_stages(REPO_ROOT, parameters["dvcfile"]) == ["pretrain", "adapt", "summarize"]
+    summarize = yaml.safe_load((REPO_ROOT / parameters["dvcfile"]).read_text())["stages"]["summarize"]
+    written = [next(iter(o)) if isinstance(o, dict) else o for o in summarize["outs"]]
+    assert Path(parameters["summary_file"]).relative_to("ablation").as_posix() in written
 
 
 @pytest.mark.slow

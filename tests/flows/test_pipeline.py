@@ -122,6 +122,25 @@ def test_output_lines_are_logged_as_they_arrive(
     assert any(r.getMessage() == "[train] step 1 loss 0.9" for r in caplog.records)
 
 
+def test_another_pipeline_file_runs_its_stage_groups_and_reports_its_summary(
+    fake: FakeRunner, repo: Path
+) -> None:
+    (repo / "ablation").mkdir()
+    shutil.copy(REPO_ROOT / "ablation" / "dvc.yaml", repo / "ablation" / "dvc.yaml")
+    table = "| variant | seeds | mIoU |\n|---|---|---:|\n| rcs | 0, 1, 2 | 21.5 ± 0.4 |\n"
+    (repo / "ablation" / "strategies.md").write_text(table)
+    summary = dacs_pipeline.fn(
+        repo=str(repo), dvcfile="ablation/dvc.yaml", summary_file="ablation/strategies.md"
+    )
+    assert fake.stages == [f"ablation/dvc.yaml:{s}" for s in ("pretrain", "adapt", "summarize")]
+    assert list(summary) == ["pretrain", "adapt", "summarize"]
+    markdown = pipeline.publish_report(summary, repo, "ablation/dvc.yaml", "ablation/strategies.md")
+    assert "## ablation/strategies.md\n\n" + table in markdown and "| adapt |" in markdown
+    assert "| dacs | 42.25 |" not in markdown  # the project's eval.json is not this pipeline's result
+    with pytest.raises(ValueError, match="train"):
+        dacs_pipeline.fn(stages=["train"], repo=str(repo), dvcfile="ablation/dvc.yaml")
+
+
 def test_only_the_data_stage_retries() -> None:
     data = pipeline.stage_task("data")
     assert data.retries == 2 and data.retry_delay_seconds == [30, 120]
