@@ -3,9 +3,8 @@
 Each variant is a list of dotted overrides of the project's ``params.yaml`` (``ablation/params.yaml``:
 ``seeds``, ``variants``, ``rare``). Per seed, ``pretrain`` trains the source-only model once and scores
 it; per seed and variant, ``adapt`` adapts that model with the variant's overrides and scores the
-student with the evaluate stage's own code; ``summarize`` writes mean ± std over seeds per variant:
-mIoU, classes never predicted, the rare classes and per-class IoU (``strategies.md``, ``.json``), the
-long table behind the per-class DVC plot and the mean validation curve of each variant.
+student with the evaluate stage's own code; ``summarize`` writes mean ± std over seeds per variant and
+the difference to the first variant seed by seed (``dacs_uda.ablation_summary``).
 
 Every run is the project's own stage modules (``dacs_uda.stages.train``, ``.evaluate``) in a scratch
 project under ``work/`` that links the prepared data: a killed run resumes from its resume state when
@@ -36,17 +35,15 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from dacs_uda.ablation_summary import SOURCE_ONLY, write_summary
 from dacs_uda.config import ConfigError, Params, parse_params
 from dacs_uda.labels import CLASS_NAMES
 from dacs_uda.utils.io import atomic_path, write_json, write_text
 from dacs_uda.utils.logging import setup_logging
-from dacs_uda.utils.stats import mean_std
-from dacs_uda.variants import Result, Summary, plus_minus, summarize
 
 log = logging.getLogger(__name__)
 
 ABLATION_PARAMS = Path("params.yaml")  # in ablation/, DVC's working directory for its stages
-SOURCE_ONLY = "source_only"  # the row of each seed's pretrain model
 PRETRAIN = "models/trained/pretrain.pt"  # where runs.adapt.start must point
 _NAME = re.compile(r"[a-z0-9_]+")
 
@@ -211,126 +208,6 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def load_results(config: AblationConfig) -> list[Result]:
-    """Every run's scores, source-only first, in ``variants`` order; a missing run names its stage."""
-    results = []
-    for variant in (SOURCE_ONLY, *config.variants):
-        for seed in config.seeds:
-            path = Path(config.runs) / f"seed{seed}" / f"{variant}.json"
-            if not path.is_file():
-                stage = f"pretrain@{seed}" if variant == SOURCE_ONLY else f"adapt@{seed}-{variant}"
-                raise FileNotFoundError(f"{path} not found: run `dvc repro ablation/dvc.yaml:{stage}`")
-            run = json.loads(path.read_text())
-            results.append(Result(variant, seed, run["mIoU"], run["iou"], run["never_predicted"]))
-    return results
-
-
-def zero_iou_classes(results: list[Result]) -> dict[str, list[str]]:
-    """Per variant, the classes present in target val that score 0 IoU in every seed."""
-    zero: dict[str, set[str]] = {}
-    for r in results:
-        these = {c for c, v in r.iou.items() if v == 0.0}
-        zero[r.variant] = zero[r.variant] & these if r.variant in zero else these
-    return {variant: sorted(classes, key=CLASS_NAMES.index) for variant, classes in zero.items()}
-
-
-def mean_curves(config: AblationConfig, column: str = "mIoU_student") -> list[dict[str, float]]:
-    """Per validation step, each variant's ``column`` averaged over seeds (the DVC plot's rows)."""
-    by_step: dict[int, dict[str, list[float]]] = {}
-    for variant in config.variants:
-        for seed in config.seeds:
-            with (Path(config.runs) / f"seed{seed}" / f"{variant}_validation.csv").open() as fh:
-                for row in csv.DictReader(fh):
-                    by_step.setdefault(int(row["step"]), {}).setdefault(variant, []).append(
-                        float(row[column])
-                    )
-    return [
-        {"step": step, **{v: round(mean_std(vals)[0], 2) for v, vals in row.items()}}
-        for step, row in sorted(by_step.items())
-    ]
-
-
-def rare_means(results: list[Result], rare: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    """Per variant, the mean IoU of the ``rare`` classes present in target val: mean ± std over seeds."""
-    per_seed: dict[str, list[float]] = {}
-    for r in results:
-        present = [v for c in rare if (v := r.iou.get(c)) is not None]
-        if present:
-            per_seed.setdefault(r.variant, []).append(sum(present) / len(present))
-    return {variant: mean_std(values) for variant, values in per_seed.items()}
-
-
-def markdown(summaries: list[Summary], rare: tuple[str, ...], results: list[Result]) -> str:
-    """Mean ± std over seeds: mIoU, rare classes and their mean, never-predicted classes; every class."""
-    zero, rare_mean = zero_iou_classes(results), rare_means(results, rare)
-    lines = [
-        "| variant | seeds | mIoU | "
-        + " | ".join(rare)
-        + " | rare mean | classes never predicted (per seed) | 0 IoU in every seed |",
-        "|---|---|---:|" + "---:|" * (len(rare) + 1) + "---|---|",
-    ]
-    for s in summaries:
-        n = len(s.seeds)
-        cells = (
-            " | ".join(plus_minus(s.iou[c], n) for c in rare)
-            + f" | {plus_minus(rare_mean.get(s.variant), n)}"
-        )
-        counts = " / ".join(map(str, s.never_predicted))
-        seeds, zeros = ", ".join(map(str, s.seeds)), ", ".join(zero[s.variant]) or "–"
-        lines.append(f"| {s.variant} | {seeds} | {plus_minus(s.miou, n)} | {cells} | {counts} | {zeros} |")
-    lines += ["", "| variant | " + " | ".join(CLASS_NAMES) + " |", "|---|" + "---:|" * len(CLASS_NAMES)]
-    for s in summaries:
-        lines.append(
-            f"| {s.variant} | " + " | ".join(plus_minus(s.iou[c], len(s.seeds)) for c in CLASS_NAMES) + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def summary_metrics(
-    summaries: list[Summary], rare_mean: dict[str, tuple[float, float]]
-) -> dict[str, dict[str, float]]:
-    """``strategies.json`` (few keys: ``dvc exp show`` lists them): mIoU and rare-class mean, ± std."""
-    out: dict[str, dict[str, float]] = {}
-    for s in summaries:
-        out[s.variant] = {"mIoU": round(s.miou[0], 2), "mIoU_std": round(s.miou[1], 2)}
-        if s.variant in rare_mean:
-            mean, std = rare_mean[s.variant]
-            out[s.variant] |= {"rare_mIoU": round(mean, 2), "rare_mIoU_std": round(std, 2)}
-    return out
-
-
-def summarize_runs(config: AblationConfig, out: Path) -> None:
-    """The tables, metrics and plot data of every run in ``config`` under ``out``."""
-    results = load_results(config)
-    order = [SOURCE_ONLY, *config.variants]
-    summaries = sorted(summarize(results), key=lambda s: order.index(s.variant))
-    write_text(out / "strategies.md", markdown(summaries, config.rare, results))
-    write_json(out / "strategies.json", summary_metrics(summaries, rare_means(results, config.rare)))
-    _write_csv(
-        out / "strategies_iou.csv",
-        ["variant", "class", "iou", "std"],
-        [
-            [s.variant, c, round(v[0], 2), round(v[1], 2)]
-            for s in summaries
-            for c, v in s.iou.items()
-            if v is not None
-        ],
-    )
-    curves = mean_curves(config)
-    _write_csv(
-        out / "strategies_validation.csv",
-        ["step", *config.variants],
-        [[r.get(k, "") for k in ["step", *config.variants]] for r in curves],
-    )
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=ABLATION_PARAMS, help="the ablation's params file")
@@ -352,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "adapt":
         adapt(config, args.seed, args.variant)
     else:
-        summarize_runs(config, args.out)
+        write_summary(Path(config.runs), config.seeds, list(config.variants), config.rare, args.out)
     return 0
 
 

@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from dacs_uda import ablation
-from dacs_uda.ablation import AblationConfig, load_config, run_params
+from dacs_uda.ablation import load_config, run_params
+from dacs_uda.ablation_summary import write_summary
 from dacs_uda.config import ConfigError, parse_params
 from dacs_uda.labels import CLASS_NAMES
 from dacs_uda.models.checkpoint import load_checkpoint
@@ -89,13 +90,7 @@ def _write_run(runs: Path, variant: str, seed: int, miou: float, iou: dict[str, 
     (runs / f"seed{seed}" / f"{variant}_validation.csv").write_text(curve)
 
 
-def test_summary_is_mean_and_std_over_seeds(tmp_path: Path) -> None:
-    config = AblationConfig(
-        seeds=(0, 1),
-        variants={"dacs": (), "rcs": ("adapt.rcs.enabled=true",)},
-        rare=("bus", "rider"),
-        runs=str(tmp_path / "runs"),
-    )
+def test_summary_is_mean_and_std_over_seeds_and_paired_differences(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for seed, (so, dacs, rcs) in enumerate([(17.0, 20.0, 21.0), (18.0, 22.0, 24.0)]):
         _write_run(runs, "source_only", seed, so, {"bus": 0.0, "rider": None})
@@ -103,19 +98,34 @@ def test_summary_is_mean_and_std_over_seeds(tmp_path: Path) -> None:
             runs, "dacs", seed, dacs, {"bus": 0.0, "rider": 4.0 + 2 * seed, "train": 0.0 if seed else 1.0}
         )
         _write_run(runs, "rcs", seed, rcs, {"bus": 2.0 * seed, "rider": 8.0})
-    ablation.summarize_runs(config, tmp_path)
+    write_summary(runs, (0, 1), ["dacs", "rcs"], ("bus", "rider"), tmp_path)
 
-    metrics = json.loads((tmp_path / "strategies.json").read_text())
+    metrics = json.loads((tmp_path / "summary.json").read_text())
     assert list(metrics) == ["source_only", "dacs", "rcs"]
     assert metrics["dacs"] == {"mIoU": 21.0, "mIoU_std": 1.41, "rare_mIoU": 2.5, "rare_mIoU_std": 0.71}
-    table = (tmp_path / "strategies.md").read_text().splitlines()
+    # rcs - dacs seed by seed: +1 and +2 (mIoU), +2 and +2 (rare mean)
+    assert metrics["rcs"] == {
+        "mIoU": 22.5,
+        "mIoU_std": 2.12,
+        "delta_mIoU": 1.5,
+        "delta_mIoU_std": 0.71,
+        "rare_mIoU": 4.5,
+        "rare_mIoU_std": 0.71,
+    }
+    table = (tmp_path / "summary.md").read_text().splitlines()
     # rare mean: per seed over the rare classes present (rider is absent for source-only), then ± std
-    assert table[2] == "| source_only | 0, 1 | 17.5 ± 0.7 | 0.0 ± 0.0 | – | 0.0 ± 0.0 | 1 / 1 | bus |"
-    assert table[3] == "| dacs | 0, 1 | 21.0 ± 1.4 | 0.0 ± 0.0 | 5.0 ± 1.4 | 2.5 ± 0.7 | 1 / 2 | bus |"
-    assert table[4] == "| rcs | 0, 1 | 22.5 ± 2.1 | 1.0 ± 1.4 | 8.0 ± 0.0 | 4.5 ± 0.7 | 1 / 0 | – |"
-    iou_rows = (tmp_path / "strategies_iou.csv").read_text().splitlines()
+    assert table[2] == (
+        "| source_only | 0, 1 | 17.5 ± 0.7 | -3.5 ± 0.7 | 0/2 | 0.0 ± 0.0 | -2.5 ± 0.7 | 1 / 1 | bus |"
+    )
+    assert (
+        table[3] == "| dacs | 0, 1 | 21.0 ± 1.4 | – | – | 2.5 ± 0.7 | – | 1 / 2 | bus |"
+    )  # train: 1.0 in seed 0
+    assert table[4] == "| rcs | 0, 1 | 22.5 ± 2.1 | +1.5 ± 0.7 | 2/2 | 4.5 ± 0.7 | +2.0 ± 0.0 | 1 / 0 | – |"
+    assert table[6:8] == ["| variant | bus | rider |", "|---|---:|---:|"]  # the rare classes
+    assert table[10] == "| rcs | 1.0 ± 1.4 | 8.0 ± 0.0 |"
+    iou_rows = (tmp_path / "summary_iou.csv").read_text().splitlines()
     assert "rcs,bus,1.0,1.41" in iou_rows and len(iou_rows) == 1 + 3 * 19 - 1  # no rider: source-only
-    assert (tmp_path / "strategies_validation.csv").read_text().splitlines() == [
+    assert (tmp_path / "summary_validation.csv").read_text().splitlines() == [
         "step,dacs,rcs",
         "200,23.0,24.5",
         "400,25.0,26.5",
@@ -123,12 +133,11 @@ def test_summary_is_mean_and_std_over_seeds(tmp_path: Path) -> None:
 
 
 def test_a_missing_run_names_the_stage_that_makes_it(tmp_path: Path) -> None:
-    config = AblationConfig(seeds=(0, 1), variants={"dacs": ()}, rare=(), runs=str(tmp_path))
     for seed in (0, 1):
         _write_run(tmp_path, "source_only", seed, 17.0, {})
     _write_run(tmp_path, "dacs", 0, 20.0, {})
     with pytest.raises(FileNotFoundError, match=r"dvc repro ablation/dvc.yaml:adapt@1-dacs"):
-        ablation.summarize_runs(config, tmp_path)
+        write_summary(tmp_path, (0, 1), ["dacs"], (), tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -178,5 +187,5 @@ def test_a_tiny_ablation_reproduces_the_projects_own_stages(
     warmup = json.loads((folder / "runs/seed0/warmup.json").read_text())
     assert warmup["overrides"] == ["adapt.optim.warmup_iters=2"]
     assert not any((folder / "work").rglob("*.pt"))  # finished runs leave only their scores
-    summary = json.loads((folder / "strategies.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
     assert summary["dacs"]["mIoU"] == project_scores["dacs"]["mIoU"] and summary["dacs"]["mIoU_std"] == 0.0

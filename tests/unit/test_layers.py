@@ -21,7 +21,18 @@ PACKAGE = REPO / "src" / "dacs_uda"
 FLOORS = {
     0: ("config", "labels", "lineage", "utils"),
     1: ("dacs", "models", "data", "optim", "metrics", "viz"),
-    2: ("train", "evaluate", "evaluate_onnx", "export", "inference", "cli", "variants", "ablation", "plan"),
+    2: (
+        "train",
+        "evaluate",
+        "evaluate_onnx",
+        "export",
+        "inference",
+        "cli",
+        "variants",
+        "ablation",
+        "ablation_summary",
+        "plan",
+    ),
     3: ("stages",),
 }
 
