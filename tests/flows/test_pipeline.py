@@ -128,14 +128,14 @@ def test_another_pipeline_file_runs_its_stage_groups_and_reports_its_summary(
     (repo / "ablation").mkdir()
     shutil.copy(REPO_ROOT / "ablation" / "dvc.yaml", repo / "ablation" / "dvc.yaml")
     table = "| variant | seeds | mIoU |\n|---|---|---:|\n| rcs | 0, 1, 2 | 21.5 ± 0.4 |\n"
-    (repo / "ablation" / "strategies.md").write_text(table)
+    (repo / "ablation" / "summary.md").write_text(table)
     summary = dacs_pipeline.fn(
-        repo=str(repo), dvcfile="ablation/dvc.yaml", summary_file="ablation/strategies.md"
+        repo=str(repo), dvcfile="ablation/dvc.yaml", summary_file="ablation/summary.md"
     )
     assert fake.stages == [f"ablation/dvc.yaml:{s}" for s in ("pretrain", "adapt", "summarize")]
     assert list(summary) == ["pretrain", "adapt", "summarize"]
-    markdown = pipeline.publish_report(summary, repo, "ablation/dvc.yaml", "ablation/strategies.md")
-    assert "## ablation/strategies.md\n\n" + table in markdown and "| adapt |" in markdown
+    markdown = pipeline.publish_report(summary, repo, "ablation/dvc.yaml", "ablation/summary.md")
+    assert "## ablation/summary.md\n\n" + table in markdown and "| adapt |" in markdown
     assert "| dacs | 42.25 |" not in markdown  # the project's eval.json is not this pipeline's result
     with pytest.raises(ValueError, match="train"):
         dacs_pipeline.fn(stages=["train"], repo=str(repo), dvcfile="ablation/dvc.yaml")
