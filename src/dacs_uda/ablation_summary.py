@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from dacs_uda.labels import CLASS_NAMES
-from dacs_uda.utils.io import atomic_path, write_json, write_text
+from dacs_uda.utils.io import write_json, write_text
 from dacs_uda.utils.stats import mean_std
-from dacs_uda.variants import Result, Summary, plus_minus, summarize
+from dacs_uda.variants import IOU_HEADER, Result, Summary, iou_rows, plus_minus, summarize, write_csv
 
 SOURCE_ONLY = "source_only"  # each seed's pretrain model, the first row
 Stat = tuple[float, float]  # mean, std over seeds
@@ -119,14 +119,17 @@ def _signed(value: Stat | None, runs: int) -> str:
     return "–" if value is None else ("+" if value[0] >= 0 else "") + plus_minus(value, runs)
 
 
-def markdown(summaries: list[Summary], results: list[Result], reference: str, rare: Sequence[str]) -> str:
-    """Three tables: per variant mIoU, paired difference, rare mean, never-predicted classes; the rare
-    classes; every class. Cells are mean ± std over seeds."""
-    zero, rares, deltas = (
-        zero_iou_classes(results),
-        rare_means(results, rare),
-        paired_deltas(results, reference, rare),
-    )
+def markdown(
+    summaries: list[Summary],
+    zero: dict[str, list[str]],
+    rares: dict[str, Stat],
+    deltas: dict[str, dict[str, Any]],
+    reference: str,
+    rare: Sequence[str],
+) -> str:
+    """Three tables: per variant mIoU, paired difference (``deltas``), rare mean (``rares``),
+    never-predicted and ``zero``-IoU classes; the rare classes; every class. Cells are mean ± std over
+    seeds."""
     lines = [
         f"| variant | seeds | mIoU | Δ mIoU vs {reference}, same seed | higher in | rare mean "
         f"| Δ rare mean | classes never predicted (per seed) | 0 IoU in every seed |",
@@ -173,21 +176,10 @@ def write_summary(
     order = [SOURCE_ONLY, *variants]
     summaries = sorted(summarize(results), key=lambda s: order.index(s.variant))
     reference = variants[0]
-    write_text(out / "summary.md", markdown(summaries, results, reference, rare))
-    metrics = summary_metrics(summaries, rare_means(results, rare), paired_deltas(results, reference, rare))
-    write_json(out / "summary.json", metrics)
-    iou_rows = [
-        [s.variant, c, round(v[0], 2), round(v[1], 2)]
-        for s in summaries
-        for c, v in s.iou.items()
-        if v is not None
-    ]
-    _write_csv(out / "summary_iou.csv", ["variant", "class", "iou", "std"], iou_rows)
-    _write_csv(out / "summary_validation.csv", ["step", *variants], mean_curves(runs, seeds, variants))
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+    rares, deltas = rare_means(results, rare), paired_deltas(results, reference, rare)
+    write_text(
+        out / "summary.md", markdown(summaries, zero_iou_classes(results), rares, deltas, reference, rare)
+    )
+    write_json(out / "summary.json", summary_metrics(summaries, rares, deltas))
+    write_csv(out / "summary_iou.csv", IOU_HEADER, iou_rows(summaries))
+    write_csv(out / "summary_validation.csv", ["step", *variants], mean_curves(runs, seeds, variants))

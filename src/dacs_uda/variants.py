@@ -29,6 +29,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -51,6 +52,7 @@ VARIANT_ORDER = (
     "oracle",
 )
 CHECKPOINT_VARIANTS = {"source_only": "source_only", "oracle": "oracle"}  # eval.json model -> variant
+IOU_HEADER = ["variant", "class", "iou", "std"]
 CONFLATED = ("sidewalk", "road")  # (actual, predicted): the conflation naive mixing causes here
 
 
@@ -170,17 +172,30 @@ def markdown(summaries: list[Summary]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def iou_rows(summaries: list[Summary]) -> list[list[Any]]:
+    """Long-format rows ``[variant, class, iou, std]`` (mean and std over seeds; absent classes skipped),
+    the data of the ``grouped_bars`` DVC plot."""
+    return [
+        [s.variant, name, round(value[0], 2), round(value[1], 2)]
+        for s in summaries
+        for name, value in s.iou.items()
+        if value is not None
+    ]
+
+
+def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
+    """``header`` and ``rows`` as CSV, written atomically."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def write_outputs(out_dir: str | Path, summaries: list[Summary]) -> None:
     """``variants.md`` and ``variants_iou.csv`` in ``out_dir``, each written atomically."""
     out_dir = Path(out_dir)
     write_text(out_dir / "variants.md", markdown(summaries))
-    with atomic_path(out_dir / "variants_iou.csv") as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["variant", "class", "iou", "std"])
-        for s in summaries:
-            for name, value in s.iou.items():
-                if value is not None:
-                    writer.writerow([s.variant, name, round(value[0], 2), round(value[1], 2)])
+    write_csv(out_dir / "variants_iou.csv", IOU_HEADER, iou_rows(summaries))
 
 
 def _git(repo: Path, *args: str) -> str:
