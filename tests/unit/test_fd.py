@@ -88,23 +88,22 @@ def test_masked_distance_is_the_mean_l2_norm_over_the_masked_pixels() -> None:
     assert features.grad.flatten().tolist() == pytest.approx([0.3, 0.5, 0.0, 0.4, 0.0, 0.0], abs=1e-7)
 
 
-def test_no_masked_pixel_gives_zero_and_zero_gradients_not_nan() -> None:
-    features = torch.ones(2, 3, 2, 2, requires_grad=True)
-    distance = masked_feature_distance(
-        features, torch.zeros(2, 3, 2, 2), torch.zeros(2, 2, 2, dtype=torch.bool)
-    )
+@pytest.mark.parametrize(
+    ("batch", "reference", "selected"),
+    [
+        (2, 0.0, False),  # no masked pixel: zero, not the NaN of an empty mean
+        (1, 1.0, True),  # the student starts as the frozen model: the norm of a zero difference
+    ],
+    ids=["no_masked_pixel", "identical_features"],
+)
+def test_degenerate_distances_give_zero_and_zero_gradients_not_nan(
+    batch: int, reference: float, selected: bool
+) -> None:
+    features = torch.ones(batch, 3, 2, 2, requires_grad=True)
+    mask = torch.full((batch, 2, 2), selected)
+    distance = masked_feature_distance(features, torch.full((batch, 3, 2, 2), reference), mask)
     distance.backward()
-    assert distance.item() == 0.0 and torch.equal(features.grad, torch.zeros(2, 3, 2, 2))
-
-
-def test_identical_features_give_zero_and_finite_gradients() -> None:
-    # the student starts as the frozen model: the norm of a zero difference must not give NaN
-    features = torch.ones(1, 3, 2, 2, requires_grad=True)
-    distance = masked_feature_distance(
-        features, torch.ones(1, 3, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool)
-    )
-    distance.backward()
-    assert distance.item() == 0.0 and torch.equal(features.grad, torch.zeros(1, 3, 2, 2))
+    assert distance.item() == 0.0 and torch.equal(features.grad, torch.zeros(batch, 3, 2, 2))
 
 
 def test_the_ranks_distances_average_to_the_whole_batch_distance() -> None:
